@@ -1,0 +1,424 @@
+//! RabbitMQ: the contract's topology (§1), publishing with publisher confirms, dead letters with
+//! the contract's headers (§4), and delayed requeues without plugins.
+//!
+//! Delays use tiered TTL queues (`{ns}.retry.1s` … `{ns}.retry.1d`): every message in a tier has
+//! the same TTL, so a tier never blocks behind a longer message (the head-of-line problem of
+//! per-message TTLs). A tier dead-letters back into the jobs queue; a message that comes back
+//! before its `x-review-not-before` goes round another tier, so any delay from 1 s to 7 days
+//! costs at most a few hops. The delayed-message plugin is archived and Debian's RabbitMQ lacks it.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use chrono::Utc;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use secrecy::ExposeSecret;
+
+use crate::contract::{FailureKind, ReviewResult, one_line, rfc3339};
+use crate::settings::{BrokerSettings, Topology};
+
+/// Headers the worker reads and writes on job messages.
+pub mod headers {
+    /// Review attempts already made (transient failures only; waits for quota do not count).
+    pub const ATTEMPTS: &str = "x-review-attempts";
+    /// Epoch milliseconds before which the job must not be reviewed.
+    pub const NOT_BEFORE: &str = "x-review-not-before";
+    /// Epoch milliseconds when the worker first saw the job (for `API_REVIEW_MAX_JOB_AGE`).
+    pub const FIRST_SEEN: &str = "x-review-first-seen";
+    pub const ERROR_KIND: &str = "x-review-error-kind";
+    pub const ERROR_MESSAGE: &str = "x-review-error-message";
+    pub const FAILED_AT: &str = "x-review-failed-at";
+}
+
+/// Delay tiers, shortest first. 1 day hops cover the 7-day maximum in seven rounds.
+pub const DELAY_TIERS: [(&str, Duration); 8] = [
+    ("1s", Duration::from_secs(1)),
+    ("5s", Duration::from_secs(5)),
+    ("30s", Duration::from_secs(30)),
+    ("2m", Duration::from_secs(120)),
+    ("10m", Duration::from_secs(600)),
+    ("1h", Duration::from_secs(3_600)),
+    ("6h", Duration::from_secs(6 * 3_600)),
+    ("1d", Duration::from_secs(86_400)),
+];
+pub const MAX_DELAY: Duration = Duration::from_secs(7 * 86_400);
+
+/// The longest tier not longer than `delay` (the 1 s tier for anything shorter).
+pub fn tier_for(delay: Duration) -> (&'static str, Duration) {
+    DELAY_TIERS
+        .iter()
+        .rev()
+        .find(|(_, tier)| *tier <= delay)
+        .copied()
+        .unwrap_or(DELAY_TIERS[0])
+}
+
+/// A connection with a publishing channel in confirm mode.
+#[derive(Debug)]
+pub struct Broker {
+    connection: Connection,
+    publisher: Channel,
+    topology: Topology,
+}
+
+/// What a job message carried besides its body, to be kept on republish and dead-lettering.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub routing_key: String,
+    pub properties: BasicProperties,
+}
+
+impl Envelope {
+    pub fn header(&self, name: &str) -> Option<&AMQPValue> {
+        self.properties.headers().as_ref()?.inner().get(name)
+    }
+
+    pub fn header_u64(&self, name: &str) -> Option<u64> {
+        match self.header(name)? {
+            AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+            AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+            AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
+            AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+            AMQPValue::ShortUInt(n) => Some(u64::from(*n)),
+            AMQPValue::Timestamp(n) => Some(*n),
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.parse().ok(),
+            _ => None,
+        }
+    }
+
+    pub fn reply_to(&self) -> Option<&str> {
+        self.properties
+            .reply_to()
+            .as_ref()
+            .map(ShortString::as_str)
+            .filter(|r| !r.is_empty())
+    }
+
+    /// The contract's correlation id: the job's `correlation_id`, else its `message_id`, else `job_id`.
+    pub fn correlation_id(&self, job_id: &str) -> String {
+        self.properties
+            .correlation_id()
+            .as_ref()
+            .or(self.properties.message_id().as_ref())
+            .map_or_else(|| job_id.to_owned(), |s| s.as_str().to_owned())
+    }
+
+    /// The same properties with `changes` applied to the headers.
+    fn with_headers(&self, changes: &[(&str, AMQPValue)]) -> BasicProperties {
+        let mut table = self.properties.headers().clone().unwrap_or_default();
+        for (name, value) in changes {
+            table.insert(ShortString::from(*name), value.clone());
+        }
+        self.properties.clone().with_headers(table).with_delivery_mode(2)
+    }
+}
+
+fn long_string(text: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(text.as_bytes().to_vec()))
+}
+
+fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), long_string("quorum"));
+    for (name, value) in extra {
+        args.insert(ShortString::from(*name), value.clone());
+    }
+    args
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+impl Broker {
+    /// Connects and opens the publishing channel. `name` shows in the management UI.
+    pub async fn connect(settings: &BrokerSettings, name: &str) -> anyhow::Result<Self> {
+        let connection = Connection::connect(
+            settings.uri.expose_secret(),
+            ConnectionProperties::default().with_connection_name(name.into()),
+        )
+        .await
+        .with_context(|| format!("could not connect to RabbitMQ at {}", settings.display_uri()))?;
+        let publisher = connection.create_channel().await.context("could not open a channel")?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .context("could not enable publisher confirms")?;
+        Ok(Self {
+            connection,
+            publisher,
+            topology: settings.topology.clone(),
+        })
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        self.connection
+            .create_channel()
+            .await
+            .context("could not open a channel")
+    }
+
+    /// Declares the contract's exchanges and queues and the worker's own delay tiers. Safe to
+    /// run from every replica at every start: declarations with the same arguments are no-ops.
+    pub async fn declare_topology(&self) -> anyhow::Result<()> {
+        let t = &self.topology;
+        let ch = &self.publisher;
+        let exchange = |name: &str| {
+            ch.exchange_declare(
+                name.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+        };
+        exchange(&t.exchange)
+            .await
+            .with_context(|| format!("declare exchange {}", t.exchange))?;
+        exchange(&t.dlx)
+            .await
+            .with_context(|| format!("declare exchange {}", t.dlx))?;
+
+        let declare = |name: String, args: FieldTable| async move {
+            ch.queue_declare(name.as_str().into(), durable(), args)
+                .await
+                .with_context(|| {
+                    format!("declare queue {name} (if it exists with other arguments, delete it or align them)")
+                })
+        };
+        let bind = |queue: String, exchange: String, key: &'static str| async move {
+            ch.queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("bind {queue} to {exchange} with {key}"))
+        };
+
+        declare(
+            t.jobs_queue.clone(),
+            quorum_args(&[("x-dead-letter-exchange", long_string(&t.dlx))]),
+        )
+        .await?;
+        bind(t.jobs_queue.clone(), t.exchange.clone(), "job.*").await?;
+        declare(t.results_queue.clone(), quorum_args(&[])).await?;
+        bind(t.results_queue.clone(), t.exchange.clone(), "result.#").await?;
+        declare(t.dead_queue.clone(), quorum_args(&[])).await?;
+        bind(t.dead_queue.clone(), t.dlx.clone(), "#").await?;
+
+        for (label, ttl) in DELAY_TIERS {
+            // At-least-once dead-lettering (with reject-publish overflow, which it requires)
+            // so that a job waiting in a tier survives the hop back even if a node fails.
+            let args = quorum_args(&[
+                ("x-message-ttl", AMQPValue::LongLongInt(ttl.as_millis() as i64)),
+                ("x-dead-letter-exchange", long_string("")),
+                ("x-dead-letter-routing-key", long_string(&t.jobs_queue)),
+                ("x-dead-letter-strategy", long_string("at-least-once")),
+                ("x-overflow", long_string("reject-publish")),
+            ]);
+            declare(t.own(&format!("retry.{label}")), args).await?;
+        }
+        Ok(())
+    }
+
+    /// A consumer on the jobs queue with manual acks and the given prefetch, on its own channel.
+    pub async fn consume_jobs(&self, prefetch: u16, tag: &str) -> anyhow::Result<(Channel, Consumer)> {
+        let channel = self.channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .context("set prefetch")?;
+        let consumer = channel
+            .basic_consume(
+                self.topology.jobs_queue.as_str().into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("consume {}", self.topology.jobs_queue))?;
+        Ok((channel, consumer))
+    }
+
+    /// Publishes and waits for the broker's confirm.
+    pub async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> anyhow::Result<()> {
+        let confirm = self
+            .publisher
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .with_context(|| format!("publish to exchange `{exchange}` with key `{routing_key}`"))?
+            .await
+            .with_context(|| format!("confirm of a publish to `{exchange}`/`{routing_key}`"))?;
+        match confirm {
+            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Nack(_) => bail!("the broker refused (nack) a publish to `{exchange}`/`{routing_key}`"),
+        }
+    }
+
+    /// Publishes a result to the results exchange and, when the job asked for it, to its
+    /// `reply_to` queue; returns once the broker confirmed both.
+    pub async fn publish_result(&self, result: &ReviewResult, job: &Envelope) -> anyhow::Result<()> {
+        let body = serde_json::to_vec(result).context("serialise result")?;
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_message_id(format!("{}:result", result.job_id).into())
+            .with_correlation_id(job.correlation_id(&result.job_id).into())
+            .with_timestamp(Utc::now().timestamp() as u64);
+        let main = self.publish_confirmed(&self.topology.exchange, result.routing_key(), &body, properties.clone());
+        match job.reply_to() {
+            Some(reply_to) => {
+                let reply = self.publish_confirmed("", reply_to, &body, properties);
+                let (main, reply) = tokio::join!(main, reply);
+                main?;
+                reply
+            }
+            None => main.await,
+        }
+    }
+
+    /// Dead-letters a job body with the contract's headers; the original body and properties
+    /// are kept so that replaying is publishing the body again.
+    pub async fn dead_letter(
+        &self,
+        body: &[u8],
+        job: &Envelope,
+        kind: FailureKind,
+        message: &str,
+        attempts: u32,
+    ) -> anyhow::Result<()> {
+        let properties = job.with_headers(&[
+            (headers::ERROR_KIND, long_string(kind.as_str())),
+            (headers::ERROR_MESSAGE, long_string(&one_line(message))),
+            (headers::ATTEMPTS, AMQPValue::LongLongInt(i64::from(attempts))),
+            (headers::FAILED_AT, long_string(&rfc3339(Utc::now()))),
+        ]);
+        let routing_key = if job.routing_key.is_empty() {
+            "job.dead"
+        } else {
+            &job.routing_key
+        };
+        self.publish_confirmed(&self.topology.dlx, routing_key, body, properties)
+            .await
+    }
+
+    /// Puts a job back to wait `delay` (capped at 7 days) with its attempts header set, through
+    /// the delay tiers. The caller acks the original only after this returns: republish-then-ack
+    /// keeps the quorum queue's delivery count (and any delivery limit) out of it.
+    pub async fn requeue_later(
+        &self,
+        body: &[u8],
+        job: &Envelope,
+        attempts: u32,
+        delay: Duration,
+    ) -> anyhow::Result<()> {
+        let delay = delay.min(MAX_DELAY);
+        let not_before = Utc::now().timestamp_millis() + delay.as_millis() as i64;
+        let first_seen = job
+            .header_u64(headers::FIRST_SEEN)
+            .map_or_else(|| Utc::now().timestamp_millis(), |v| v as i64);
+        let properties = job.with_headers(&[
+            (headers::ATTEMPTS, AMQPValue::LongLongInt(i64::from(attempts))),
+            (headers::NOT_BEFORE, AMQPValue::LongLongInt(not_before)),
+            (headers::FIRST_SEEN, AMQPValue::LongLongInt(first_seen)),
+        ]);
+        self.delay_publish(body, properties, delay).await
+    }
+
+    /// Sends a job that came back early round another tier, headers untouched.
+    pub async fn hop(&self, body: &[u8], job: &Envelope, remaining: Duration) -> anyhow::Result<()> {
+        self.delay_publish(body, job.properties.clone(), remaining).await
+    }
+
+    async fn delay_publish(&self, body: &[u8], properties: BasicProperties, delay: Duration) -> anyhow::Result<()> {
+        let (label, _) = tier_for(delay);
+        let queue = self.topology.own(&format!("retry.{label}"));
+        self.publish_confirmed("", &queue, body, properties).await
+    }
+
+    pub async fn close(&self) {
+        let _ = self.publisher.close(200, "bye".into()).await;
+        let _ = self.connection.close(200, "bye".into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_pick_the_longest_tier_that_does_not_overshoot() {
+        assert_eq!(tier_for(Duration::from_millis(200)).0, "1s");
+        assert_eq!(tier_for(Duration::from_secs(4)).0, "1s");
+        assert_eq!(tier_for(Duration::from_secs(5)).0, "5s");
+        assert_eq!(tier_for(Duration::from_secs(3 * 3600)).0, "1h");
+        assert_eq!(tier_for(Duration::from_secs(7 * 86_400)).0, "1d");
+    }
+
+    #[test]
+    fn the_correlation_id_falls_back_from_correlation_to_message_id_to_job_id() {
+        let envelope = |props: BasicProperties| Envelope {
+            routing_key: "job.created".into(),
+            properties: props,
+        };
+        assert_eq!(envelope(BasicProperties::default()).correlation_id("j"), "j");
+        assert_eq!(
+            envelope(BasicProperties::default().with_message_id("m".into())).correlation_id("j"),
+            "m"
+        );
+        let both = BasicProperties::default()
+            .with_message_id("m".into())
+            .with_correlation_id("c".into());
+        assert_eq!(envelope(both).correlation_id("j"), "c");
+    }
+
+    #[test]
+    fn headers_are_read_whatever_integer_type_the_producer_used() {
+        let mut table = FieldTable::default();
+        table.insert(headers::ATTEMPTS.into(), AMQPValue::LongInt(3));
+        table.insert(headers::NOT_BEFORE.into(), long_string("1700000000000"));
+        let envelope = Envelope {
+            routing_key: String::new(),
+            properties: BasicProperties::default().with_headers(table),
+        };
+        assert_eq!(envelope.header_u64(headers::ATTEMPTS), Some(3));
+        assert_eq!(envelope.header_u64(headers::NOT_BEFORE), Some(1_700_000_000_000));
+    }
+}

@@ -1,0 +1,171 @@
+//! The command line: what each command is for (`--help`), and the commands that are not the
+//! worker itself (`review`, `submit`, `sim`, `check`) as library functions `main` can call.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::contract::{Job, ReviewOptions};
+use crate::settings::Settings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "review-worker",
+    version,
+    about = "Reviews pull requests with GLM models (Z.AI Coding Plan or pay-per-token) from RabbitMQ jobs",
+    long_about = "Reviews pull requests with GLM models.\n\n\
+        The API publishes PR-review jobs to RabbitMQ (exchange `review`, routing key `job.created`); \
+        `review-worker run` reviews each diff through an OpenAI-compatible endpoint and publishes the \
+        review to `review.results`.\n\n\
+        Configuration comes from the environment (see .env.example), optionally layered over a TOML \
+        file (--config). The Fixed Mode triple API_LLM_PROVIDER_MODEL, API_OPENAI_FORCE_BASE_URL and \
+        API_OPEN_AI_API_KEY is required by `run`, `review` and `check`."
+)]
+pub struct Cli {
+    /// A TOML file with settings (same names as the variables, lower case); the environment wins.
+    #[arg(long, global = true, env = "REVIEW_WORKER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the worker: consume review jobs from RabbitMQ and publish results until SIGTERM/SIGINT.
+    Run,
+    /// Review a local diff once against the configured provider (no broker) and print the result JSON.
+    Review(ReviewArgs),
+    /// Publish job files to RabbitMQ like the API does; with --wait, print each result.
+    Submit(SubmitArgs),
+    /// Run the Z.AI simulator: an OpenAI-compatible stand-in for tests, demos and rehearsals.
+    Sim(crate::sim::SimArgs),
+    /// Test the provider settings (the product's "Test & save"): key, endpoint and model.
+    Check,
+}
+
+#[derive(Debug, Args)]
+pub struct ReviewArgs {
+    /// The unified diff to review (`git diff base...head > pr.diff`), or `-` for stdin.
+    #[arg(value_name = "DIFF_FILE|-")]
+    pub diff: String,
+    /// Repository name shown to the model.
+    #[arg(long, default_value = "local/repository")]
+    pub repository: String,
+    /// Pull request title shown to the model.
+    #[arg(long)]
+    pub title: Option<String>,
+    /// Pull request number.
+    #[arg(long, default_value_t = 1)]
+    pub pr: u64,
+    /// Team rules to apply on top of the default review.
+    #[arg(long)]
+    pub instructions: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Job files (review-job/v1 JSON), or `-` for one job on stdin.
+    #[arg(required = true, value_name = "JOB_JSON|-")]
+    pub jobs: Vec<String>,
+    /// Wait for each job's result on a private reply_to queue and print it.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits for all results, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
+/// `review-worker review`: one job built from a local diff, reviewed without the broker.
+pub async fn review_once(settings: &Settings, args: &ReviewArgs) -> anyhow::Result<crate::contract::ReviewResult> {
+    let diff = if args.diff == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("read the diff from stdin")?;
+        text
+    } else {
+        std::fs::read_to_string(&args.diff).with_context(|| format!("read {}", args.diff))?
+    };
+    let job = Job {
+        schema: crate::contract::JOB_SCHEMA_ID.to_owned(),
+        job_id: format!("local-{}", std::process::id()),
+        repository: crate::contract::Repository {
+            full_name: args.repository.clone(),
+            platform: None,
+            default_branch: None,
+            language: None,
+        },
+        pull_request: crate::contract::PullRequest {
+            number: args.pr,
+            title: args.title.clone(),
+            body: None,
+            author: None,
+            base_sha: None,
+            head_sha: None,
+            url: None,
+        },
+        diff,
+        files: Vec::new(),
+        options: ReviewOptions {
+            instructions: args.instructions.clone(),
+            ..ReviewOptions::default()
+        },
+        created_at: None,
+    };
+    let executor = crate::app::build_executor(settings)?;
+    let started = chrono::Utc::now();
+    match executor.review(&job).await {
+        Ok(completed) => Ok(crate::worker::completed_result(&job, &completed, 1, started)),
+        Err(crate::executor::JobFailure::Fail { kind, message, .. }) => {
+            Ok(crate::contract::ReviewResult::failed(&job.job_id, kind, message, 1))
+        }
+        Err(wait @ crate::executor::JobFailure::Wait { .. }) => anyhow::bail!("the provider cannot review now: {wait}"),
+    }
+}
+
+/// `review-worker submit`.
+pub async fn submit(settings: &Settings, args: &SubmitArgs) -> anyhow::Result<Vec<crate::contract::ReviewResult>> {
+    let wait = args.wait.then(|| Duration::from_secs(args.timeout));
+    crate::submit::submit(&settings.broker, &args.jobs, wait).await
+}
+
+/// `review-worker check`: prints what it found and says whether the provider is usable.
+#[allow(clippy::print_stdout, reason = "the report is the command's output")]
+pub async fn check(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let provider_settings = settings.require_provider()?;
+    let provider = crate::provider::Provider::new(provider_settings)?;
+    println!("provider:  {}", provider.name());
+    println!(
+        "plan:      {} (cap {} in flight for the whole deployment)",
+        settings.limits.plan.as_str(),
+        settings.limits.max_concurrent_requests
+    );
+    println!("endpoint:  {}", provider_settings.display_base_url());
+    println!("model:     {}", provider.model());
+    match crate::check::probe(&provider).await {
+        Ok(probe) => {
+            let listed = match probe.model_listed {
+                Some(true) => "listed by the endpoint",
+                Some(false) => "NOT listed by the endpoint",
+                None => "the endpoint lists no models",
+            };
+            println!("models:    {} ({listed})", probe.models.len());
+            println!("latency:   {} ms", probe.latency.as_millis());
+            println!("result:    usable");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            println!(
+                "result:    NOT usable ({}, code {}): {error}",
+                error.meaning(),
+                error.code().as_deref().unwrap_or("-")
+            );
+            Ok(ExitCode::from(3))
+        }
+    }
+}

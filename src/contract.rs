@@ -1,0 +1,389 @@
+//! The wire contract with the producer: the job and result messages, and the JSON schemas that
+//! bind them (`docs/contract/`, a copy of `shared/contract/`).
+//!
+//! Everything that crosses the broker is defined here and nowhere else. Jobs are checked against
+//! the job schema before they are deserialised, so a job that the schema rejects is `invalid_job`
+//! with the schema's own words, never a half-read struct.
+
+use std::sync::LazyLock;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The job schema, compiled once. The schema ships inside the binary so that the worker builds
+/// and runs without `shared/`.
+static JOB_SCHEMA: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
+    let schema: serde_json::Value = serde_json::from_str(include_str!("../docs/contract/review-job.v1.schema.json"))
+        .expect("the bundled job schema is valid JSON");
+    jsonschema::validator_for(&schema).expect("the bundled job schema compiles")
+});
+
+pub const JOB_SCHEMA_ID: &str = "review-job/v1";
+pub const RESULT_SCHEMA_ID: &str = "review-result/v1";
+
+/// A PR-review job as the producer publishes it (`review-job.v1.schema.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    pub schema: String,
+    pub job_id: String,
+    pub repository: Repository,
+    pub pull_request: PullRequest,
+    #[serde(default)]
+    pub diff: String,
+    #[serde(default)]
+    pub files: Vec<JobFile>,
+    #[serde(default)]
+    pub options: ReviewOptions,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Repository {
+    pub full_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PullRequest {
+    pub number: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_sha: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_sha: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// One changed file, the alternative to a whole `diff`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobFile {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<FileStatusHint>,
+    pub patch: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileStatusHint {
+    Added,
+    Modified,
+    Removed,
+    Renamed,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReviewOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_suggestions: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_severity: Option<Severity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<String>,
+    #[serde(default)]
+    pub ignore_paths: Vec<String>,
+}
+
+/// Ordered from least to most severe, so `>=` means "at least as severe".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    /// Reads the words models use for severities, leniently (`"HIGH"`, `"major"`, `"info"`).
+    pub fn parse_lenient(word: &str) -> Option<Self> {
+        match word.trim().to_ascii_lowercase().as_str() {
+            "low" | "info" | "minor" | "trivial" | "nit" | "suggestion" => Some(Self::Low),
+            "medium" | "moderate" | "warning" | "normal" => Some(Self::Medium),
+            "high" | "major" | "error" | "important" => Some(Self::High),
+            "critical" | "blocker" | "severe" | "security" => Some(Self::Critical),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+/// A suggestion as the result carries it: always anchored to lines the diff changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Suggestion {
+    pub file: String,
+    pub line_start: u32,
+    pub line_end: u32,
+    pub severity: Severity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    pub body: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub existing_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub improved_code: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Completed,
+    Failed,
+}
+
+/// Why a job failed for good. Only these reach the producer; every other problem (quota windows,
+/// account trouble, broker outages) makes the job wait instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    InvalidJob,
+    ProviderRejected,
+    BadModelOutput,
+    Expired,
+    AttemptsExhausted,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidJob => "invalid_job",
+            Self::ProviderRejected => "provider_rejected",
+            Self::BadModelOutput => "bad_model_output",
+            Self::Expired => "expired",
+            Self::AttemptsExhausted => "attempts_exhausted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultError {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub requests: u32,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+}
+
+impl Usage {
+    pub fn add(&mut self, other: &Usage) {
+        self.requests += other.requests;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.cached_tokens += other.cached_tokens;
+    }
+}
+
+/// A result message (`review-result.v1.schema.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReviewResult {
+    pub schema: String,
+    pub job_id: String,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggestions: Option<Vec<Suggestion>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_fallback: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_files: Option<Vec<String>>,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    pub finished_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ResultError>,
+}
+
+impl ReviewResult {
+    /// A `failed` result; the caller fills in what it knows beyond the error.
+    pub fn failed(job_id: &str, kind: FailureKind, message: impl Into<String>, attempts: u32) -> Self {
+        Self {
+            schema: RESULT_SCHEMA_ID.to_owned(),
+            job_id: job_id.to_owned(),
+            status: Status::Failed,
+            summary: None,
+            suggestions: None,
+            provider: None,
+            model: None,
+            used_fallback: None,
+            usage: None,
+            truncated: None,
+            skipped_files: None,
+            attempts: attempts.max(1),
+            started_at: None,
+            finished_at: rfc3339(Utc::now()),
+            error: Some(ResultError {
+                kind,
+                message: one_line(&message.into()),
+            }),
+        }
+    }
+
+    pub fn routing_key(&self) -> &'static str {
+        match self.status {
+            Status::Completed => "result.completed",
+            Status::Failed => "result.failed",
+        }
+    }
+}
+
+/// Timestamps in results are RFC 3339 in UTC with second precision, like the contract's example.
+pub fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Error texts go into a header and a JSON field that operators read line by line.
+pub fn one_line(text: &str) -> String {
+    let mut line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.len() > 1000 {
+        let mut cut = 1000;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push('…');
+    }
+    line
+}
+
+/// Why a message body is not a job we can review.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidJob {
+    #[error("job body is {size} bytes, more than the {limit} bytes allowed (API_REVIEW_MAX_JOB_BYTES)")]
+    TooLarge { size: usize, limit: usize },
+    #[error("job body is not UTF-8: {0}")]
+    NotUtf8(#[from] std::str::Utf8Error),
+    #[error("job body is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("job does not match review-job/v1: {0}")]
+    Schema(String),
+}
+
+impl InvalidJob {
+    pub fn kind(&self) -> FailureKind {
+        FailureKind::InvalidJob
+    }
+}
+
+/// Parses and validates a job body. On failure, also returns the `job_id` when one can be read,
+/// so that the producer still hears about its job.
+pub fn parse_job(body: &[u8], max_bytes: usize) -> Result<Job, (InvalidJob, Option<String>)> {
+    if body.len() > max_bytes {
+        // Too large to parse safely; a cheap scan may still find the id near the start.
+        return Err((
+            InvalidJob::TooLarge {
+                size: body.len(),
+                limit: max_bytes,
+            },
+            sniff_job_id(&body[..body.len().min(4096)]),
+        ));
+    }
+    let text = std::str::from_utf8(body).map_err(|e| (InvalidJob::NotUtf8(e), None))?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| (InvalidJob::NotJson(e), None))?;
+    let job_id = value
+        .get("job_id")
+        .and_then(|v| v.as_str())
+        .filter(|id| !id.is_empty() && id.len() <= 128)
+        .map(str::to_owned);
+    if let Err(error) = JOB_SCHEMA.validate(&value) {
+        let path = error.instance_path.to_string();
+        let at = if path.is_empty() { "/".to_owned() } else { path };
+        return Err((InvalidJob::Schema(format!("at {at}: {error}")), job_id));
+    }
+    serde_json::from_value(value).map_err(|e| (InvalidJob::Schema(e.to_string()), job_id))
+}
+
+/// Finds `"job_id":"..."` in the first bytes of a body that is too large to parse whole.
+fn sniff_job_id(head: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(head);
+    let start = text.find("\"job_id\"")? + "\"job_id\"".len();
+    let rest = text[start..].trim_start().strip_prefix(':')?.trim_start();
+    let rest = rest.strip_prefix('"')?;
+    let id = &rest[..rest.find('"')?];
+    (!id.is_empty() && id.len() <= 128 && !id.contains('\\')).then(|| id.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE_JOB: &str = include_str!("../docs/contract/examples/job.json");
+
+    #[test]
+    fn the_contract_example_job_parses() {
+        let job = parse_job(EXAMPLE_JOB.as_bytes(), 1 << 20).unwrap();
+        assert_eq!(job.pull_request.number, 42);
+        assert_eq!(job.options.min_severity, Some(Severity::Low));
+    }
+
+    #[test]
+    fn a_job_without_diff_or_files_is_rejected_with_its_id() {
+        let body =
+            r#"{"schema":"review-job/v1","job_id":"j1","repository":{"full_name":"a/b"},"pull_request":{"number":1}}"#;
+        let (error, id) = parse_job(body.as_bytes(), 1 << 20).unwrap_err();
+        assert!(matches!(error, InvalidJob::Schema(_)), "{error}");
+        assert_eq!(id.as_deref(), Some("j1"));
+    }
+
+    #[test]
+    fn a_too_large_job_still_yields_its_id() {
+        let body = format!(r#"{{"job_id": "big-1", "diff": "{}"}}"#, "x".repeat(5000));
+        let (error, id) = parse_job(body.as_bytes(), 100).unwrap_err();
+        assert!(matches!(error, InvalidJob::TooLarge { .. }));
+        assert_eq!(id.as_deref(), Some("big-1"));
+    }
+
+    #[test]
+    fn non_utf8_and_non_json_bodies_are_invalid_without_an_id() {
+        assert!(matches!(
+            parse_job(&[0xff, 0xfe], 100),
+            Err((InvalidJob::NotUtf8(_), None))
+        ));
+        assert!(matches!(parse_job(b"nope", 100), Err((InvalidJob::NotJson(_), None))));
+    }
+
+    #[test]
+    fn one_line_folds_whitespace() {
+        assert_eq!(one_line("a\n  b\tc "), "a b c");
+    }
+}

@@ -1,0 +1,1038 @@
+//! Unified diffs: parsing `git diff` output (or the job's `files`) into files and hunks with
+//! new-file line numbers, and rendering them for the prompt.
+//!
+//! Line numbers here are the ground truth for anchoring: a suggestion may only point at a line
+//! that `FileDiff::changed_lines` returns.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use crate::contract::{FileStatusHint, JobFile};
+
+/// Why a diff could not be read. Both mean the job is unusable (`invalid_job`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiffError {
+    #[error("the diff has no file sections (no `diff --git` or `---`/`+++` headers)")]
+    NoFiles,
+    #[error("unreadable hunk header {line:?}")]
+    BadHunkHeader { line: String },
+}
+
+/// What happened to a file in the PR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileStatus {
+    Added,
+    Modified,
+    Removed,
+    Renamed,
+}
+
+impl FileStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Added => "added",
+            Self::Modified => "modified",
+            Self::Removed => "removed",
+            Self::Renamed => "renamed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineKind {
+    Context,
+    Added,
+    Removed,
+}
+
+/// One line of a hunk, without its `+`/`-`/` ` marker and without a trailing `\r`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiffLine {
+    pub kind: LineKind,
+    pub text: String,
+    /// Line number in the new file (context and added lines).
+    pub new_line: Option<u32>,
+    /// Line number in the old file (context and removed lines).
+    pub old_line: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hunk {
+    pub old_start: u32,
+    pub old_lines: u32,
+    pub new_start: u32,
+    pub new_lines: u32,
+    /// Whatever follows the second `@@` (often the enclosing function).
+    pub section: String,
+    pub lines: Vec<DiffLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileDiff {
+    /// Path in the new tree (for a removed file, the old path).
+    pub path: String,
+    /// Path before a rename.
+    pub old_path: Option<String>,
+    pub status: FileStatus,
+    /// `Binary files ... differ` or a `GIT binary patch`: there is nothing to review line by line.
+    pub binary: bool,
+    pub hunks: Vec<Hunk>,
+}
+
+impl FileDiff {
+    /// New-file line numbers of the lines this diff added: where suggestions may point.
+    pub fn changed_lines(&self) -> BTreeSet<u32> {
+        self.hunks
+            .iter()
+            .flat_map(|h| &h.lines)
+            .filter(|l| l.kind == LineKind::Added)
+            .filter_map(|l| l.new_line)
+            .collect()
+    }
+
+    pub fn added_line_count(&self) -> usize {
+        self.count_lines(LineKind::Added)
+    }
+
+    pub fn removed_line_count(&self) -> usize {
+        self.count_lines(LineKind::Removed)
+    }
+
+    fn count_lines(&self, kind: LineKind) -> usize {
+        self.hunks
+            .iter()
+            .flat_map(|h| &h.lines)
+            .filter(|l| l.kind == kind)
+            .count()
+    }
+}
+
+impl Hunk {
+    /// The `@@` line, rebuilt from the parsed numbers so that it always agrees with the body.
+    pub fn header(&self) -> String {
+        let mut header = format!(
+            "@@ -{},{} +{},{} @@",
+            self.old_start, self.old_lines, self.new_start, self.new_lines
+        );
+        if !self.section.is_empty() {
+            header.push(' ');
+            header.push_str(&self.section);
+        }
+        header
+    }
+
+    /// The hunk as [`render_for_prompt`] shows it: the header, then one numbered line per diff
+    /// line, each ending with `\n`.
+    pub fn render(&self) -> String {
+        let mut out = self.header();
+        out.push('\n');
+        for line in &self.lines {
+            let (marker, number) = match line.kind {
+                LineKind::Context => (' ', line.new_line),
+                LineKind::Added => ('+', line.new_line),
+                // A removed line has no place in the new file, and suggestions may only point at
+                // new-file numbers, so it gets none.
+                LineKind::Removed => ('-', None),
+            };
+            let number = number.map(|n| n.to_string()).unwrap_or_default();
+            // Writing to a String cannot fail.
+            let _ = writeln!(out, "{number:>6} {marker}{}", line.text);
+        }
+        out
+    }
+}
+
+/// Renders one file for the review prompt. This format is a contract: the simulator parses it.
+///
+/// ```text
+/// === FILE: src/lib.rs (modified)
+/// @@ -10,3 +10,4 @@ fn main() {
+///     10  let a = 1;
+///        -let b = 2;
+///     11 +let b = 3;
+///     12 +let c = 4;
+///     13  let d = 5;
+/// ```
+///
+/// - The first line is `=== FILE: {path} ({status})` with `status` from [`FileStatus::as_str`],
+///   or `=== FILE: {path} (renamed from {old_path})` for a rename.
+/// - Each hunk follows as its header, rebuilt as `@@ -{old_start},{old_lines}
+///   +{new_start},{new_lines} @@`, plus one space and the section text when there is one.
+/// - Then one line per diff line: `format!("{:>6} {}{}", number, marker, text)`, where `number`
+///   is the new-file line number for context and added lines and blank (six spaces) for removed
+///   lines, and `marker` is `' '`, `'+'` or `'-'`.
+/// - Lines are joined with `\n` and the text ends with `\n`. A file without hunks (binary,
+///   mode-only) is its first line alone.
+pub fn render_for_prompt(file: &FileDiff) -> String {
+    let mut out = match (file.status, &file.old_path) {
+        (FileStatus::Renamed, Some(old_path)) => {
+            format!("=== FILE: {} (renamed from {old_path})\n", file.path)
+        }
+        (status, _) => format!("=== FILE: {} ({})\n", file.path, status.as_str()),
+    };
+    for hunk in &file.hunks {
+        out.push_str(&hunk.render());
+    }
+    out
+}
+
+/// Parses `git diff` output, or a plain unified diff (`---`/`+++` headers only), into files.
+///
+/// Text that is empty or only whitespace is no files (`Ok(vec![])`); any other text without a
+/// file section is [`DiffError::NoFiles`]. Lines outside file sections (mail headers, commit
+/// messages, `diff -r` chatter) are skipped. Paths lose git's `a/` and `b/` prefixes; a plain
+/// diff's other prefixes (`old/`, `new/`) are kept as they are.
+pub fn parse_unified(text: &str) -> Result<Vec<FileDiff>, DiffError> {
+    let lines: Vec<&str> = split_lines(text).collect();
+    let mut files = Vec::new();
+    let mut section: Option<Section> = None;
+    let mut i = 0;
+    while let Some(&line) = lines.get(i) {
+        i += 1;
+        if let Some(rest) = line.strip_prefix("diff --git ") {
+            finish(&mut files, section.take());
+            section = Some(Section::from_git_header(rest));
+        } else if line.starts_with("@@") {
+            match read_hunk(line, &lines[i..]) {
+                Ok((hunk, used)) => {
+                    i += used;
+                    if let Some(section) = section.as_mut() {
+                        section.hunks.push(hunk);
+                    }
+                }
+                Err(error) if section.is_some() => return Err(error),
+                // Before any file header this is prose that happens to start with `@@`.
+                Err(_) => {}
+            }
+        } else if let Some(minus) = line.strip_prefix("--- ")
+            && let Some(plus) = lines.get(i).and_then(|next| next.strip_prefix("+++ "))
+        {
+            i += 1;
+            if !section.as_ref().is_some_and(Section::awaits_paths) {
+                finish(&mut files, section.take());
+            }
+            let current = section.get_or_insert_with(Section::default);
+            current.minus = Some(marker_path(minus, "a/"));
+            current.plus = Some(marker_path(plus, "b/"));
+            current.saw_markers = true;
+        } else if let Some(rest) = line
+            .strip_prefix("Binary files ")
+            .and_then(|rest| rest.strip_suffix(" differ"))
+        {
+            if !section.as_ref().is_some_and(Section::awaits_paths) {
+                finish(&mut files, section.take());
+            }
+            let current = section.get_or_insert_with(Section::default);
+            current.binary = true;
+            if let Some((minus, plus)) = binary_paths(rest) {
+                current.minus.get_or_insert(minus);
+                current.plus.get_or_insert(plus);
+            }
+        } else if let Some(current) = section.as_mut() {
+            current.extended_header(line);
+        }
+    }
+    finish(&mut files, section.take());
+    if files.is_empty() && !text.trim().is_empty() {
+        return Err(DiffError::NoFiles);
+    }
+    Ok(files)
+}
+
+/// Builds files from the job's `files` entries (the alternative to a whole `diff`).
+///
+/// A `patch` is read from its first `@@` line; an empty patch is a file without hunks (a binary
+/// or mode-only change). The status comes from the entry's hint; a `previous_path` that differs
+/// from `path` makes it a rename; without a hint, a lone `@@ -0,0` hunk means added and a lone
+/// `+0,0` hunk means removed, anything else modified.
+pub fn from_job_files(files: &[JobFile]) -> Result<Vec<FileDiff>, DiffError> {
+    files.iter().map(from_job_file).collect()
+}
+
+fn from_job_file(file: &JobFile) -> Result<FileDiff, DiffError> {
+    let lines: Vec<&str> = split_lines(&file.patch).collect();
+    let mut hunks = Vec::new();
+    let mut binary = false;
+    let mut i = 0;
+    while let Some(&line) = lines.get(i) {
+        i += 1;
+        if line.starts_with("@@") {
+            let (hunk, used) = read_hunk(line, &lines[i..])?;
+            i += used;
+            hunks.push(hunk);
+        } else if line == "GIT binary patch" || (line.starts_with("Binary files ") && line.ends_with(" differ")) {
+            binary = true;
+        }
+    }
+
+    let renamed_from = file.previous_path.as_ref().filter(|previous| **previous != file.path);
+    let status = match (file.status, renamed_from) {
+        (Some(FileStatusHint::Added), _) => FileStatus::Added,
+        (Some(FileStatusHint::Removed), _) => FileStatus::Removed,
+        (_, Some(_)) => FileStatus::Renamed,
+        // A rename hint without an old path has nothing to show as "renamed from".
+        (Some(FileStatusHint::Renamed | FileStatusHint::Modified), None) => FileStatus::Modified,
+        (None, None) => match hunks.as_slice() {
+            [only] if only.old_start == 0 && only.old_lines == 0 => FileStatus::Added,
+            [only] if only.new_start == 0 && only.new_lines == 0 => FileStatus::Removed,
+            _ => FileStatus::Modified,
+        },
+    };
+    Ok(FileDiff {
+        path: file.path.clone(),
+        old_path: renamed_from.filter(|_| status == FileStatus::Renamed).cloned(),
+        status,
+        binary,
+        hunks,
+    })
+}
+
+const DEV_NULL: &str = "/dev/null";
+
+/// Lines without their `\n` or `\r\n`; a trailing newline does not make an empty last line.
+fn split_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split_inclusive('\n').map(|line| {
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        line.strip_suffix('\r').unwrap_or(line)
+    })
+}
+
+/// What one file section of a diff said about the file, before it is settled into a
+/// [`FileDiff`]. Paths are kept per source because they disagree in order of trust.
+#[derive(Debug, Default)]
+struct Section {
+    /// Opened by `diff --git`, so git's extended header lines may follow.
+    git: bool,
+    git_old: Option<String>,
+    git_new: Option<String>,
+    /// The `---` and `+++` paths, `/dev/null` included.
+    minus: Option<String>,
+    plus: Option<String>,
+    saw_markers: bool,
+    rename_from: Option<String>,
+    rename_to: Option<String>,
+    copied_to: Option<String>,
+    new_file: bool,
+    deleted_file: bool,
+    binary: bool,
+    hunks: Vec<Hunk>,
+}
+
+impl Section {
+    fn from_git_header(rest: &str) -> Self {
+        let (git_old, git_new) = match git_header_paths(rest) {
+            Some((old, new)) => (Some(old), Some(new)),
+            None => (None, None),
+        };
+        Self {
+            git: true,
+            git_old,
+            git_new,
+            ..Self::default()
+        }
+    }
+
+    /// Whether `---`/`+++` or a `Binary files` line still belongs to this section rather than
+    /// opening the next file (plain diffs have no other separator).
+    fn awaits_paths(&self) -> bool {
+        self.git && !self.saw_markers && !self.binary && self.hunks.is_empty()
+    }
+
+    fn extended_header(&mut self, line: &str) {
+        if !self.awaits_paths() {
+            // `GIT binary patch` data and stray text after the hunks are not headers.
+            if line == "GIT binary patch" {
+                self.binary = true;
+            }
+            return;
+        }
+        if line.starts_with("new file mode ") {
+            self.new_file = true;
+        } else if line.starts_with("deleted file mode ") {
+            self.deleted_file = true;
+        } else if let Some(path) = line.strip_prefix("rename from ") {
+            self.rename_from = Some(header_path(path));
+        } else if let Some(path) = line.strip_prefix("rename to ") {
+            self.rename_to = Some(header_path(path));
+        } else if let Some(path) = line.strip_prefix("copy to ") {
+            self.copied_to = Some(header_path(path));
+        } else if line == "GIT binary patch" {
+            self.binary = true;
+        }
+        // `index`, `old mode`, `new mode`, `similarity index`, `copy from`: nothing to keep.
+    }
+
+    fn into_file(self) -> Option<FileDiff> {
+        let real = |path: Option<String>| path.filter(|p| p != DEV_NULL);
+        let from_nothing = self.minus.as_deref() == Some(DEV_NULL);
+        let to_nothing = self.plus.as_deref() == Some(DEV_NULL);
+        let copied = self.copied_to.is_some();
+        let renamed = self.rename_from.is_some() || self.rename_to.is_some();
+        let old = self.rename_from.or(real(self.minus)).or(self.git_old);
+        let new = self.rename_to.or(self.copied_to).or(real(self.plus)).or(self.git_new);
+
+        let status = if self.deleted_file || to_nothing {
+            FileStatus::Removed
+        } else if self.new_file || from_nothing || copied {
+            // A copy is a new file in the tree; its source is not worth a status of its own.
+            FileStatus::Added
+        } else if renamed && old.is_some() && old != new {
+            FileStatus::Renamed
+        } else {
+            FileStatus::Modified
+        };
+        let (path, old_path) = match status {
+            FileStatus::Removed => (old.or(new)?, None),
+            FileStatus::Renamed => (new?, old),
+            FileStatus::Added | FileStatus::Modified => (new.or(old)?, None),
+        };
+        Some(FileDiff {
+            path,
+            old_path,
+            status,
+            binary: self.binary,
+            hunks: self.hunks,
+        })
+    }
+}
+
+fn finish(files: &mut Vec<FileDiff>, section: Option<Section>) {
+    if let Some(file) = section.and_then(Section::into_file) {
+        files.push(file);
+    }
+}
+
+/// Reads a hunk whose `@@` line is `header` from the lines after it. Returns the hunk and how
+/// many of those lines it used.
+///
+/// The header's counts say where the hunk ends, so a body line such as `--- a/x` (a removed
+/// `-- a/x`) or `diff --git` is read as content. A hunk cut short by a line that cannot belong
+/// to it ends there, and its counts are lowered to what it holds.
+fn read_hunk(header: &str, body: &[&str]) -> Result<(Hunk, usize), DiffError> {
+    let bad = || DiffError::BadHunkHeader {
+        line: header.to_owned(),
+    };
+    let rest = header.strip_prefix("@@ -").ok_or_else(bad)?;
+    let (old_range, rest) = rest.split_once(' ').ok_or_else(bad)?;
+    let rest = rest.strip_prefix('+').ok_or_else(bad)?;
+    let (new_range, rest) = rest.split_once(' ').ok_or_else(bad)?;
+    let section = rest.strip_prefix("@@").ok_or_else(bad)?.trim();
+    let (old_start, old_lines) = parse_range(old_range).ok_or_else(bad)?;
+    let (new_start, new_lines) = parse_range(new_range).ok_or_else(bad)?;
+
+    let (mut old_left, mut new_left) = (old_lines, new_lines);
+    let (mut old_next, mut new_next) = (old_start, new_start);
+    let mut lines = Vec::new();
+    let mut used = 0;
+    for line in body {
+        // `\ No newline at end of file` describes the line before it; it is not a line.
+        if line.starts_with('\\') {
+            used += 1;
+            continue;
+        }
+        if old_left == 0 && new_left == 0 {
+            break;
+        }
+        let (kind, text) = if let Some(text) = line.strip_prefix(' ') {
+            (LineKind::Context, text)
+        } else if let Some(text) = line.strip_prefix('+') {
+            (LineKind::Added, text)
+        } else if let Some(text) = line.strip_prefix('-') {
+            (LineKind::Removed, text)
+        } else if line.is_empty() {
+            // Mail clients and editors strip the lone space of an empty context line.
+            (LineKind::Context, "")
+        } else {
+            break;
+        };
+        let (old_line, new_line) = match kind {
+            LineKind::Context if old_left > 0 && new_left > 0 => {
+                old_left -= 1;
+                new_left -= 1;
+                (Some(old_next), Some(new_next))
+            }
+            LineKind::Added if new_left > 0 => {
+                new_left -= 1;
+                (None, Some(new_next))
+            }
+            LineKind::Removed if old_left > 0 => {
+                old_left -= 1;
+                (Some(old_next), None)
+            }
+            _ => break,
+        };
+        // parse_range made sure that start + count fits, so these stay in range.
+        old_next += u32::from(old_line.is_some());
+        new_next += u32::from(new_line.is_some());
+        lines.push(DiffLine {
+            kind,
+            text: text.to_owned(),
+            new_line,
+            old_line,
+        });
+        used += 1;
+    }
+    let hunk = Hunk {
+        old_start,
+        old_lines: old_lines - old_left,
+        new_start,
+        new_lines: new_lines - new_left,
+        section: section.to_owned(),
+        lines,
+    };
+    Ok((hunk, used))
+}
+
+/// `start,count` or `start` (count 1), with `start + count` within `u32`.
+fn parse_range(range: &str) -> Option<(u32, u32)> {
+    let (start, count): (u32, u32) = match range.split_once(',') {
+        Some((start, count)) => (start.parse().ok()?, count.parse().ok()?),
+        None => (range.parse().ok()?, 1),
+    };
+    start.checked_add(count)?;
+    Some((start, count))
+}
+
+/// The path on a `---` or `+++` line: quoted, or cut at the tab that precedes a timestamp (plain
+/// diffs) or that git adds after a path with spaces.
+fn marker_path(raw: &str, prefix: &str) -> String {
+    let path = if raw.starts_with('"') {
+        match unquote(raw) {
+            Some((path, _)) => path,
+            None => raw.to_owned(),
+        }
+    } else {
+        raw.split('\t').next().unwrap_or(raw).to_owned()
+    };
+    if path == DEV_NULL {
+        return path;
+    }
+    strip_owned(path, prefix)
+}
+
+/// A path on a `rename from`/`rename to`/`copy to` line: no prefix, quoted when unusual.
+fn header_path(raw: &str) -> String {
+    match raw.starts_with('"').then(|| unquote(raw)).flatten() {
+        Some((path, _)) => path,
+        None => raw.to_owned(),
+    }
+}
+
+/// The two paths of `diff --git {a} {b}`. Unquoted paths with spaces are ambiguous; the header is
+/// only the last resort after `rename`, `---` and `+++` lines, so a best guess is enough.
+fn git_header_paths(rest: &str) -> Option<(String, String)> {
+    if rest.starts_with('"') {
+        let (old, tail) = unquote(rest)?;
+        let tail = tail.strip_prefix(' ')?;
+        let new = header_path(tail);
+        return Some((strip_owned(old, "a/"), strip_owned(new, "b/")));
+    }
+    if rest.ends_with('"')
+        && let Some(at) = rest.find(" \"")
+        && let Some((new, "")) = unquote(&rest[at + 1..])
+    {
+        return Some((strip_owned(rest[..at].to_owned(), "a/"), strip_owned(new, "b/")));
+    }
+    // Without a rename both sides name the same path, so the middle space is the separator.
+    let mid = rest.len() / 2;
+    if rest.len() % 2 == 1
+        && let Some((old, new)) = rest.split_at_checked(mid)
+        && let Some(new) = new.strip_prefix(' ')
+    {
+        let (old, new) = (strip_owned(old.to_owned(), "a/"), strip_owned(new.to_owned(), "b/"));
+        if old == new {
+            return Some((old, new));
+        }
+    }
+    let (old, new) = match rest.find(" b/") {
+        Some(at) => (&rest[..at], &rest[at + 1..]),
+        None => rest.split_once(' ')?,
+    };
+    Some((strip_owned(old.to_owned(), "a/"), strip_owned(new.to_owned(), "b/")))
+}
+
+/// The two paths of `Binary files {a} and {b} differ`, where ` and ` may also sit inside a path.
+fn binary_paths(rest: &str) -> Option<(String, String)> {
+    let looks_right = |old: &str, new: &str| {
+        (old == DEV_NULL || old.starts_with("a/") || old.starts_with('"'))
+            && (new == DEV_NULL || new.starts_with("b/") || new.starts_with('"'))
+    };
+    let (old, new) = rest
+        .match_indices(" and ")
+        .map(|(at, sep)| (&rest[..at], &rest[at + sep.len()..]))
+        .find(|(old, new)| looks_right(old, new))
+        .or_else(|| rest.split_once(" and "))?;
+    Some((marker_path(old, "a/"), marker_path(new, "b/")))
+}
+
+fn strip_owned(path: String, prefix: &str) -> String {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.to_owned(),
+        None => path,
+    }
+}
+
+/// Reads a C-style quoted path as git writes it for unusual names (`"a/caf\303\251.txt"`).
+/// Returns the path and what follows the closing quote.
+fn unquote(quoted: &str) -> Option<(String, &str)> {
+    let mut bytes = Vec::new();
+    let mut rest = quoted.strip_prefix('"')?.as_bytes();
+    loop {
+        match *rest {
+            [] => return None,
+            [b'"', ..] => {
+                let tail = &quoted[quoted.len() - rest.len() + 1..];
+                return Some((String::from_utf8_lossy(&bytes).into_owned(), tail));
+            }
+            [b'\\', a @ b'0'..=b'3', b @ b'0'..=b'7', c @ b'0'..=b'7', ..] => {
+                bytes.push((a - b'0') * 64 + (b - b'0') * 8 + (c - b'0'));
+                rest = &rest[4..];
+            }
+            [b'\\', escaped, ..] => {
+                bytes.push(match escaped {
+                    b'n' => b'\n',
+                    b't' => b'\t',
+                    b'r' => b'\r',
+                    b'a' => 0x07,
+                    b'b' => 0x08,
+                    b'f' => 0x0c,
+                    b'v' => 0x0b,
+                    other => other,
+                });
+                rest = &rest[2..];
+            }
+            [byte, ..] => {
+                bytes.push(byte);
+                rest = &rest[1..];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_one(text: &str) -> FileDiff {
+        let mut files = parse_unified(text).unwrap();
+        assert_eq!(files.len(), 1, "{files:#?}");
+        files.remove(0)
+    }
+
+    fn texts(hunk: &Hunk) -> Vec<(LineKind, &str, Option<u32>, Option<u32>)> {
+        hunk.lines
+            .iter()
+            .map(|l| (l.kind, l.text.as_str(), l.old_line, l.new_line))
+            .collect()
+    }
+
+    const MODIFIED: &str = "\
+diff --git a/src/lib.rs b/src/lib.rs
+index 1111111..2222222 100644
+--- a/src/lib.rs
++++ b/src/lib.rs
+@@ -10,4 +10,5 @@ fn main() {
+     let a = 1;
+-    let b = 2;
++    let b = 3;
++    let c = 4;
+     let d = 5;
+ }
+";
+
+    #[test]
+    fn a_modified_file_gets_new_and_old_line_numbers() {
+        let file = parse_one(MODIFIED);
+        assert_eq!(file.path, "src/lib.rs");
+        assert_eq!(file.old_path, None);
+        assert_eq!(file.status, FileStatus::Modified);
+        assert!(!file.binary);
+        let hunk = &file.hunks[0];
+        assert_eq!(
+            (hunk.old_start, hunk.old_lines, hunk.new_start, hunk.new_lines),
+            (10, 4, 10, 5)
+        );
+        assert_eq!(hunk.section, "fn main() {");
+        assert_eq!(
+            texts(hunk),
+            vec![
+                (LineKind::Context, "    let a = 1;", Some(10), Some(10)),
+                (LineKind::Removed, "    let b = 2;", Some(11), None),
+                (LineKind::Added, "    let b = 3;", None, Some(11)),
+                (LineKind::Added, "    let c = 4;", None, Some(12)),
+                (LineKind::Context, "    let d = 5;", Some(12), Some(13)),
+                (LineKind::Context, "}", Some(13), Some(14)),
+            ]
+        );
+        assert_eq!(file.changed_lines().into_iter().collect::<Vec<_>>(), [11, 12]);
+        assert_eq!((file.added_line_count(), file.removed_line_count()), (2, 1));
+    }
+
+    #[test]
+    fn several_files_and_hunks_are_kept_apart() {
+        let text = "\
+diff --git a/a.txt b/a.txt
+--- a/a.txt
++++ b/a.txt
+@@ -1,2 +1,2 @@
+-one
++uno
+ two
+@@ -20 +20,2 @@ section two
+ twenty
++twenty-one
+diff --git a/b.txt b/b.txt
+--- a/b.txt
++++ b/b.txt
+@@ -5,0 +6 @@
++six
+";
+        let files = parse_unified(text).unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0].hunks.len(), 2);
+        assert_eq!(files[0].hunks[1].old_lines, 1);
+        assert_eq!(files[0].hunks[1].section, "section two");
+        assert_eq!(files[0].changed_lines().into_iter().collect::<Vec<_>>(), [1, 21]);
+        assert_eq!(files[1].path, "b.txt");
+        assert_eq!(files[1].hunks[0].old_lines, 0);
+        assert_eq!(files[1].changed_lines().into_iter().collect::<Vec<_>>(), [6]);
+    }
+
+    #[test]
+    fn a_new_file_is_added() {
+        let file = parse_one(
+            "diff --git a/new.rs b/new.rs\nnew file mode 100644\nindex 0000000..abc\n\
+             --- /dev/null\n+++ b/new.rs\n@@ -0,0 +1,2 @@\n+fn a() {}\n+fn b() {}\n",
+        );
+        assert_eq!(file.status, FileStatus::Added);
+        assert_eq!(file.path, "new.rs");
+        assert_eq!(file.changed_lines().into_iter().collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn a_deleted_file_is_removed_under_its_old_path() {
+        let file = parse_one(
+            "diff --git a/old.rs b/old.rs\ndeleted file mode 100644\nindex abc..0000000\n\
+             --- a/old.rs\n+++ /dev/null\n@@ -1,2 +0,0 @@\n-fn a() {}\n-fn b() {}\n",
+        );
+        assert_eq!(file.status, FileStatus::Removed);
+        assert_eq!(file.path, "old.rs");
+        assert!(file.changed_lines().is_empty());
+        assert_eq!(file.removed_line_count(), 2);
+        assert_eq!(file.hunks[0].lines[1].old_line, Some(2));
+    }
+
+    #[test]
+    fn a_pure_rename_keeps_both_paths_and_has_no_hunks() {
+        let file = parse_one(
+            "diff --git a/old name.rs b/new name.rs\nsimilarity index 100%\n\
+             rename from old name.rs\nrename to new name.rs\n",
+        );
+        assert_eq!(file.status, FileStatus::Renamed);
+        assert_eq!(file.path, "new name.rs");
+        assert_eq!(file.old_path.as_deref(), Some("old name.rs"));
+        assert!(file.hunks.is_empty());
+    }
+
+    #[test]
+    fn a_rename_with_changes_keeps_both_paths_and_its_hunks() {
+        let files = parse_unified(
+            "diff --git a/src/a.rs b/src/b.rs\nsimilarity index 90%\nrename from src/a.rs\n\
+             rename to src/b.rs\nindex 1..2 100644\n--- a/src/a.rs\n+++ b/src/b.rs\n\
+             @@ -1 +1 @@\n-x\n+y\ndiff --git a/c.rs b/c.rs\n--- a/c.rs\n+++ b/c.rs\n\
+             @@ -1 +1 @@\n-p\n+q\n",
+        )
+        .unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0].status, FileStatus::Renamed);
+        assert_eq!(files[0].path, "src/b.rs");
+        assert_eq!(files[0].old_path.as_deref(), Some("src/a.rs"));
+        assert_eq!(files[0].changed_lines().into_iter().collect::<Vec<_>>(), [1]);
+        assert_eq!(files[1].status, FileStatus::Modified);
+    }
+
+    #[test]
+    fn binary_files_have_no_hunks() {
+        let files = parse_unified(
+            "diff --git a/logo.png b/logo.png\nnew file mode 100644\nindex 0000000..1234567\n\
+             Binary files /dev/null and b/logo.png differ\n\
+             diff --git a/font.woff b/font.woff\nindex 1..2 100644\nGIT binary patch\n\
+             literal 12\nzcmZ?wbhEHb6krfw_{6~Y\n\nliteral 0\nHcmV?d00001\n\n\
+             diff --git a/x.txt b/x.txt\n--- a/x.txt\n+++ b/x.txt\n@@ -1 +1 @@\n-a\n+b\n",
+        )
+        .unwrap();
+        assert_eq!(files.len(), 3);
+        assert!(files[0].binary && files[0].hunks.is_empty());
+        assert_eq!(
+            (files[0].path.as_str(), files[0].status),
+            ("logo.png", FileStatus::Added)
+        );
+        assert!(files[1].binary && files[1].hunks.is_empty());
+        assert_eq!(
+            (files[1].path.as_str(), files[1].status),
+            ("font.woff", FileStatus::Modified)
+        );
+        assert!(!files[2].binary);
+    }
+
+    #[test]
+    fn a_binary_line_without_a_git_header_is_a_file() {
+        let file = parse_one("Binary files a/my pic.png and /dev/null differ\n");
+        assert!(file.binary);
+        assert_eq!((file.path.as_str(), file.status), ("my pic.png", FileStatus::Removed));
+    }
+
+    #[test]
+    fn no_newline_markers_are_not_lines() {
+        let file = parse_one(
+            "diff --git a/a b/a\n--- a/a\n+++ b/a\n@@ -1,2 +1,2 @@\n keep\n-old\n\
+             \\ No newline at end of file\n+new\n\\ No newline at end of file\n",
+        );
+        let hunk = &file.hunks[0];
+        assert_eq!(hunk.lines.len(), 3);
+        assert_eq!(hunk.lines[2].text, "new");
+        assert_eq!(hunk.lines[2].new_line, Some(2));
+    }
+
+    #[test]
+    fn crlf_line_endings_are_stripped() {
+        let file =
+            parse_one("diff --git a/w.txt b/w.txt\r\n--- a/w.txt\r\n+++ b/w.txt\r\n@@ -1 +1,2 @@ s\r\n a\r\n+b\r\n");
+        assert_eq!(file.path, "w.txt");
+        assert_eq!(file.hunks[0].section, "s");
+        assert_eq!(file.hunks[0].lines[0].text, "a");
+        assert_eq!(file.hunks[0].lines[1].text, "b");
+    }
+
+    #[test]
+    fn paths_with_spaces_survive_git_headers_and_tabs() {
+        let file = parse_one(
+            "diff --git a/my dir/a b.txt b/my dir/a b.txt\nindex 1..2 100644\n\
+             --- a/my dir/a b.txt\t\n+++ b/my dir/a b.txt\t\n@@ -1 +1 @@\n-x\n+y\n",
+        );
+        assert_eq!(file.path, "my dir/a b.txt");
+        assert_eq!(file.status, FileStatus::Modified);
+    }
+
+    #[test]
+    fn a_mode_change_is_a_modified_file_without_hunks() {
+        let file = parse_one("diff --git a/run me.sh b/run me.sh\nold mode 100644\nnew mode 100755\n");
+        assert_eq!(file.path, "run me.sh");
+        assert_eq!(file.status, FileStatus::Modified);
+        assert!(file.hunks.is_empty() && !file.binary);
+    }
+
+    #[test]
+    fn quoted_paths_are_unquoted() {
+        let file = parse_one(
+            "diff --git \"a/caf\\303\\251.txt\" \"b/caf\\303\\251.txt\"\n\
+             --- \"a/caf\\303\\251.txt\"\n+++ \"b/caf\\303\\251.txt\"\n@@ -1 +1 @@\n-x\n+y\n",
+        );
+        assert_eq!(file.path, "café.txt");
+    }
+
+    #[test]
+    fn a_plain_unified_diff_without_git_headers_is_read() {
+        let files = parse_unified(
+            "Only in old: junk\n--- a.c\t2024-01-01 10:00:00.000000000 +0000\n\
+             +++ a.c\t2024-01-02 10:00:00.000000000 +0000\n@@ -1,2 +1,2 @@\n int x;\n-int y;\n+long y;\n\
+             --- b.c\n+++ b.c\n@@ -3 +3 @@\n-a\n+b\n",
+        )
+        .unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!((files[0].path.as_str(), files[0].status), ("a.c", FileStatus::Modified));
+        assert_eq!(files[0].changed_lines().into_iter().collect::<Vec<_>>(), [2]);
+        assert_eq!(files[1].path, "b.c");
+        assert_eq!(files[1].changed_lines().into_iter().collect::<Vec<_>>(), [3]);
+    }
+
+    #[test]
+    fn hunk_counts_decide_where_a_hunk_ends() {
+        // The removed line `-- a/x` and the added line `diff --git` look like headers.
+        let files = parse_unified(
+            "diff --git a/notes.md b/notes.md\n--- a/notes.md\n+++ b/notes.md\n@@ -1,2 +1,2 @@\n\
+             --- a/x\n+++ b/y\n-diff --git a/q b/q\n+diff --git a/r b/r\n",
+        );
+        let files = files.unwrap();
+        assert_eq!(files.len(), 1);
+        let kinds: Vec<_> = files[0].hunks[0]
+            .lines
+            .iter()
+            .map(|l| (l.kind, l.text.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (LineKind::Removed, "-- a/x"),
+                (LineKind::Added, "++ b/y"),
+                (LineKind::Removed, "diff --git a/q b/q"),
+                (LineKind::Added, "diff --git a/r b/r"),
+            ]
+        );
+    }
+
+    #[test]
+    fn garbage_between_files_is_skipped() {
+        let files = parse_unified(
+            "From abc Mon Sep 17 00:00:00 2001\nSubject: [PATCH] x\n\n---\n a | 2 +-\n\n\
+             diff --git a/a b/a\n--- a/a\n+++ b/a\n@@ -1 +1 @@\n-x\n+y\nsome noise\n\n\
+             diff --git a/b b/b\n--- a/b\n+++ b/b\n@@ -1 +1 @@\n-x\n+y\n-- \n2.40.0\n",
+        )
+        .unwrap();
+        assert_eq!(files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert!(files.iter().all(|f| f.hunks[0].lines.len() == 2));
+    }
+
+    #[test]
+    fn a_blank_context_line_without_its_space_still_counts() {
+        let file = parse_one("--- a/a\n+++ b/a\n@@ -1,3 +1,3 @@\n x\n\n-y\n+z\n");
+        assert_eq!(file.hunks[0].lines[1].text, "");
+        assert_eq!(file.hunks[0].lines[3].new_line, Some(3));
+    }
+
+    #[test]
+    fn a_hunk_cut_short_keeps_what_it_has() {
+        let file = parse_one("--- a/a\n+++ b/a\n@@ -1,5 +1,5 @@\n x\n+y\nnot a diff line\n");
+        assert_eq!(file.hunks[0].lines.len(), 2);
+        assert_eq!((file.hunks[0].old_lines, file.hunks[0].new_lines), (1, 2));
+    }
+
+    #[test]
+    fn text_without_files_is_an_error_but_empty_text_is_not() {
+        assert_eq!(parse_unified("hello\nworld\n"), Err(DiffError::NoFiles));
+        assert_eq!(parse_unified(""), Ok(vec![]));
+        assert_eq!(parse_unified(" \n"), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_bad_hunk_header_is_an_error() {
+        for header in ["@@ -x,1 +1 @@", "@@ -1,1 @@", "@@ -1 +1", "@@@ -1 -1 +1 @@@"] {
+            let text = format!("--- a/a\n+++ b/a\n{header}\n+x\n");
+            assert_eq!(
+                parse_unified(&text),
+                Err(DiffError::BadHunkHeader {
+                    line: header.to_owned()
+                }),
+                "{header}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_hunk_header_past_u32_is_an_error() {
+        let text = "--- a/a\n+++ b/a\n@@ -4294967295,2 +1 @@\n+x\n";
+        assert!(matches!(parse_unified(text), Err(DiffError::BadHunkHeader { .. })));
+    }
+
+    fn job_file(path: &str, previous: Option<&str>, status: Option<FileStatusHint>, patch: &str) -> JobFile {
+        JobFile {
+            path: path.to_owned(),
+            previous_path: previous.map(str::to_owned),
+            status,
+            patch: patch.to_owned(),
+        }
+    }
+
+    #[test]
+    fn job_files_are_read_from_their_first_hunk() {
+        let files = from_job_files(&[job_file(
+            "src/a.rs",
+            None,
+            Some(FileStatusHint::Modified),
+            "preamble\n@@ -1,2 +1,3 @@ fn a\n a\n+b\n c\n@@ -10 +11 @@\n-x\n+y",
+        )])
+        .unwrap();
+        let file = &files[0];
+        assert_eq!(file.status, FileStatus::Modified);
+        assert_eq!(file.hunks.len(), 2);
+        assert_eq!(file.hunks[0].section, "fn a");
+        assert_eq!(file.changed_lines().into_iter().collect::<Vec<_>>(), [2, 11]);
+    }
+
+    #[test]
+    fn job_file_statuses_come_from_hints_renames_or_hunks() {
+        let files = from_job_files(&[
+            job_file("a", None, None, "@@ -0,0 +1 @@\n+x\n"),
+            job_file("b", None, None, "@@ -1 +0,0 @@\n-x\n"),
+            job_file("c", Some("old/c"), None, "@@ -1 +1 @@\n-x\n+y\n"),
+            job_file("d", Some("d"), None, "@@ -1 +1 @@\n-x\n+y\n"),
+            job_file("e", None, Some(FileStatusHint::Removed), ""),
+            job_file("f", None, Some(FileStatusHint::Renamed), ""),
+            job_file("g", Some("old/g"), Some(FileStatusHint::Modified), ""),
+        ])
+        .unwrap();
+        let got: Vec<_> = files
+            .iter()
+            .map(|f| (f.path.as_str(), f.status, f.old_path.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", FileStatus::Added, None),
+                ("b", FileStatus::Removed, None),
+                ("c", FileStatus::Renamed, Some("old/c")),
+                ("d", FileStatus::Modified, None),
+                ("e", FileStatus::Removed, None),
+                ("f", FileStatus::Modified, None),
+                ("g", FileStatus::Renamed, Some("old/g")),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_job_patch_is_a_file_without_hunks() {
+        let files = from_job_files(&[
+            job_file("img.png", None, Some(FileStatusHint::Added), ""),
+            job_file("bin.dat", None, None, "Binary files a/bin.dat and b/bin.dat differ"),
+        ])
+        .unwrap();
+        assert!(files[0].hunks.is_empty() && !files[0].binary);
+        assert_eq!(files[0].status, FileStatus::Added);
+        assert!(files[1].hunks.is_empty() && files[1].binary);
+    }
+
+    #[test]
+    fn a_bad_hunk_header_in_a_job_file_is_an_error() {
+        let result = from_job_files(&[job_file("a", None, None, "@@ nonsense @@\n+x\n")]);
+        assert!(matches!(result, Err(DiffError::BadHunkHeader { .. })));
+    }
+
+    #[test]
+    fn render_for_prompt_follows_the_documented_format() {
+        let file = parse_one(MODIFIED);
+        let expected = "\
+=== FILE: src/lib.rs (modified)
+@@ -10,4 +10,5 @@ fn main() {
+    10      let a = 1;
+       -    let b = 2;
+    11 +    let b = 3;
+    12 +    let c = 4;
+    13      let d = 5;
+    14  }
+";
+        assert_eq!(render_for_prompt(&file), expected);
+    }
+
+    #[test]
+    fn render_for_prompt_names_renames_and_rebuilds_headers() {
+        let file = parse_one(
+            "diff --git a/a.rs b/b.rs\nrename from a.rs\nrename to b.rs\n--- a/a.rs\n+++ b/b.rs\n\
+             @@ -1 +1 @@\n-x\n+y\n",
+        );
+        assert_eq!(
+            render_for_prompt(&file),
+            "=== FILE: b.rs (renamed from a.rs)\n@@ -1,1 +1,1 @@\n       -x\n     1 +y\n"
+        );
+        let removed = parse_one("--- a/gone\n+++ /dev/null\n@@ -1 +0,0 @@\n-x\n");
+        assert_eq!(
+            render_for_prompt(&removed),
+            "=== FILE: gone (removed)\n@@ -1,1 +0,0 @@\n       -x\n"
+        );
+    }
+
+    #[test]
+    fn a_file_without_hunks_renders_as_its_header_alone() {
+        let file = parse_one("diff --git a/p.png b/p.png\nBinary files a/p.png and b/p.png differ\n");
+        assert_eq!(render_for_prompt(&file), "=== FILE: p.png (modified)\n");
+    }
+}

@@ -1,0 +1,408 @@
+//! The executor: runs a job's review against the provider under the plan's limits, and decides
+//! from the provider's error class what happens to the job (retry here, wait in the queue, pause
+//! the provider, or fail).
+//!
+//! Each provider (main, fallback) is a *lane* with its own in-flight limit and pause state.
+//! Transient failures (timeouts, connection errors, 5xx) retry here a few times with exponential
+//! backoff and jitter; concurrency and rate answers (1302, 1303, 1305, 1312) retry the same way
+//! without costing the job an attempt, and a 1302 halves the lane's limit. Quota windows and
+//! account problems pause the lane; the job waits (or moves to the fallback lane).
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use chrono::Utc;
+use tracing::{error, info, warn};
+
+use crate::contract::{FailureKind, Job, Usage};
+use crate::limits::{AdaptiveLimit, Pause, PauseState};
+use crate::provider::{Action, ChatAnswer, Message, Provider, ProviderError};
+use crate::review::{self, Review, ReviewError};
+
+/// After a quota answer without a reset time, pause this long (capped backoff).
+const QUOTA_PAUSE_WITHOUT_TIME: Duration = Duration::from_secs(60);
+/// Margin after a window's announced reset: the reset time has second precision and clocks drift.
+pub const RESET_MARGIN: Duration = Duration::from_secs(5);
+/// First re-probe delay for account problems (doubles up to `MAX_PROBE_DELAY`).
+pub const FIRST_PROBE_DELAY: Duration = Duration::from_secs(5);
+
+/// One provider with its limits.
+#[derive(Debug, Clone)]
+pub struct Lane {
+    pub provider: Provider,
+    pub limit: AdaptiveLimit,
+    pub pause: PauseState,
+    pub is_fallback: bool,
+}
+
+impl Lane {
+    pub fn new(provider: Provider, cap: u32, is_fallback: bool) -> Self {
+        Self {
+            provider,
+            limit: AdaptiveLimit::new(cap),
+            pause: PauseState::default(),
+            is_fallback,
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        if self.is_fallback { "fallback" } else { "main" }
+    }
+}
+
+/// A lane as the review pipeline sees it.
+struct LaneCall<'a> {
+    executor: &'a Executor,
+    lane: &'a Lane,
+}
+
+impl review::ModelCall for LaneCall<'_> {
+    fn call(&self, messages: &[Message]) -> impl Future<Output = Result<ChatAnswer, ProviderError>> + Send {
+        self.executor.call(self.lane, messages)
+    }
+}
+
+/// A finished review and who made it.
+#[derive(Debug)]
+pub struct Completed {
+    pub review: Review,
+    pub provider: String,
+    pub model: String,
+    pub used_fallback: bool,
+}
+
+/// Why a job did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum JobFailure {
+    /// Fails for good: a `failed` result and a dead letter.
+    #[error("{kind:?}: {message}")]
+    Fail {
+        kind: FailureKind,
+        message: String,
+        usage: Usage,
+    },
+    /// Goes back to the queue to wait `delay`; `count_attempt` is false for waits that are not
+    /// the job's fault (quota windows, account problems, rate limits).
+    #[error("wait {delay:?} (attempt counted: {count_attempt}): {reason}")]
+    Wait {
+        delay: Duration,
+        count_attempt: bool,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Executor {
+    pub main: Lane,
+    pub fallback: Option<Lane>,
+}
+
+impl Executor {
+    pub fn new(main: Lane, fallback: Option<Lane>) -> Self {
+        Self { main, fallback }
+    }
+
+    /// The lane to use now: main unless it is paused and a usable fallback exists.
+    pub fn active_lane(&self) -> Result<&Lane, Pause> {
+        match self.main.pause.current() {
+            None => Ok(&self.main),
+            Some(pause) => match &self.fallback {
+                Some(fallback) if fallback.pause.current().is_none() => Ok(fallback),
+                _ => Err(pause),
+            },
+        }
+    }
+
+    /// Reviews one job on whichever lane is usable.
+    pub async fn review(&self, job: &Job) -> Result<Completed, JobFailure> {
+        // Two rounds at most: main, then the fallback if main paused during the first.
+        let mut last_error = None;
+        for _ in 0..2 {
+            let lane = match self.active_lane() {
+                Ok(lane) => lane,
+                Err(pause) => return Err(wait_for_pause(&pause)),
+            };
+            let prepared = review::prepare(job, lane.provider.model()).map_err(fail)?;
+            let outcome = review::run(job, prepared, &LaneCall { executor: self, lane }).await;
+            match outcome {
+                Ok(review) => {
+                    return Ok(Completed {
+                        review,
+                        provider: lane.provider.name().to_owned(),
+                        model: lane.provider.model().to_owned(),
+                        used_fallback: lane.is_fallback,
+                    });
+                }
+                Err(ReviewError::Provider(e))
+                    if matches!(e.action(), Action::PauseUntilReset | Action::PauseAccount) =>
+                {
+                    // The lane is paused now; another round takes the fallback if there is one.
+                    last_error = Some(e);
+                }
+                Err(other) => return Err(provider_failure(other)),
+            }
+        }
+        let pause = self.main.pause.current();
+        Err(match (pause, last_error) {
+            (Some(pause), _) => wait_for_pause(&pause),
+            (None, error) => JobFailure::Wait {
+                delay: Duration::from_secs(1),
+                count_attempt: false,
+                reason: error.map_or_else(|| "provider paused".to_owned(), |e| e.to_string()),
+            },
+        })
+    }
+
+    /// One model call under the lane's limit, with local retries for what is worth retrying.
+    async fn call(&self, lane: &Lane, messages: &[Message]) -> Result<ChatAnswer, ProviderError> {
+        let attempt = async || {
+            if let Some(pause) = lane.pause.current() {
+                // Another task hit the window meanwhile: do not spend a call on it.
+                return Err(paused_error(&pause));
+            }
+            let slot = lane.limit.acquire().await;
+            let result = lane.provider.chat(messages).await;
+            drop(slot);
+            if let Err(error) = &result {
+                self.on_error(lane, error);
+            }
+            result
+        };
+        attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(500))
+                    .with_max_delay(Duration::from_secs(8))
+                    .with_max_times(4)
+                    .with_jitter(),
+            )
+            .when(|e: &ProviderError| matches!(e.action(), Action::Retry | Action::RetrySoon { .. }))
+            .notify(|e: &ProviderError, after: Duration| {
+                warn!(
+                    provider = lane.provider.name(),
+                    model = lane.provider.model(),
+                    code = e.code().as_deref().unwrap_or("-"),
+                    retry_in_ms = after.as_millis() as u64,
+                    "provider call failed ({}), retrying: {e}",
+                    e.meaning()
+                );
+            })
+            .await
+    }
+
+    /// Logs and reacts to a provider error: lowers the limit on a 1302, pauses on windows and
+    /// account problems.
+    fn on_error(&self, lane: &Lane, error: &ProviderError) {
+        let provider = lane.provider.name();
+        let model = lane.provider.model();
+        let code = error.code().unwrap_or_else(|| "-".to_owned());
+        metrics::counter!("review_provider_answers_total", "provider" => provider.to_owned(), "code" => code.clone())
+            .increment(1);
+        match error.action() {
+            Action::RetrySoon { lower_cap: true } => {
+                let cap = lane.limit.lower();
+                metrics::gauge!("review_effective_cap", "lane" => lane.label()).set(f64::from(cap));
+                warn!(
+                    provider,
+                    model,
+                    code,
+                    effective_cap = cap,
+                    "{provider} answered 429 {code} ({}): lowering the effective cap to {cap}",
+                    error.meaning()
+                );
+            }
+            Action::RetrySoon { lower_cap: false } => {
+                warn!(
+                    provider,
+                    model,
+                    code,
+                    "{provider} answered {code} ({}): backing off",
+                    error.meaning()
+                );
+            }
+            Action::PauseUntilReset => {
+                let ProviderError::QuotaExhausted { window, reset_at, .. } = error else {
+                    return;
+                };
+                let until = reset_at.map_or_else(|| Utc::now() + QUOTA_PAUSE_WITHOUT_TIME, |at| at + RESET_MARGIN);
+                let pause = Pause {
+                    until,
+                    code: code.clone(),
+                    reason: error.meaning().to_owned(),
+                    needs_probe: false,
+                };
+                if lane.pause.pause(pause) {
+                    let reset = reset_at.map_or_else(|| "unknown".to_owned(), crate::contract::rfc3339);
+                    warn!(provider, model, code, window = window.as_str(), reset_at = %reset, paused_until = %crate::contract::rfc3339(until), lane = lane.label(),
+                        "{provider} {} quota exhausted (code {code}): pausing {} {model} until {}", window.as_str(), lane.label(), crate::contract::rfc3339(until));
+                }
+            }
+            Action::PauseAccount => {
+                let pause = Pause {
+                    until: Utc::now() + FIRST_PROBE_DELAY,
+                    code: code.clone(),
+                    reason: error.meaning().to_owned(),
+                    needs_probe: true,
+                };
+                if lane.pause.pause(pause) {
+                    error!(
+                        provider,
+                        model,
+                        code,
+                        lane = lane.label(),
+                        "{provider} account/configuration problem (code {code}, {}): pausing {} until a probe succeeds: {error}",
+                        error.meaning(),
+                        lane.label()
+                    );
+                }
+            }
+            Action::Retry => {
+                warn!(
+                    provider,
+                    model,
+                    code,
+                    "{provider} call failed ({}): {error}",
+                    error.meaning()
+                );
+            }
+            Action::Reject => {
+                warn!(
+                    provider,
+                    model, code, "{provider} rejected the request (code {code}): {error}"
+                );
+            }
+        }
+    }
+
+    /// Re-probes paused account lanes; resumes a lane whose probe succeeds. Returns the lanes
+    /// still paused for an account problem.
+    pub async fn probe_paused(&self) -> usize {
+        let mut still = 0;
+        for lane in std::iter::once(&self.main).chain(self.fallback.as_ref()) {
+            let Some(pause) = lane.pause.current() else { continue };
+            if !pause.needs_probe || pause.until > Utc::now() {
+                still += usize::from(pause.needs_probe);
+                continue;
+            }
+            match crate::check::probe(&lane.provider).await {
+                Ok(_) => {
+                    lane.pause.resume();
+                    info!(
+                        provider = lane.provider.name(),
+                        model = lane.provider.model(),
+                        lane = lane.label(),
+                        "{} {} usable again: resuming",
+                        lane.provider.name(),
+                        lane.provider.model()
+                    );
+                }
+                Err(error) => {
+                    let waited = (pause.until - pause_started(&pause))
+                        .to_std()
+                        .unwrap_or(FIRST_PROBE_DELAY);
+                    let next = (waited * 2).clamp(FIRST_PROBE_DELAY, Duration::from_secs(300));
+                    lane.pause.pause(Pause {
+                        until: Utc::now() + next,
+                        ..pause
+                    });
+                    warn!(
+                        provider = lane.provider.name(),
+                        model = lane.provider.model(),
+                        code = error.code().as_deref().unwrap_or("-"),
+                        next_probe_s = next.as_secs(),
+                        "{} still unusable: {error}",
+                        lane.provider.name()
+                    );
+                    still += 1;
+                }
+            }
+        }
+        still
+    }
+}
+
+/// Account pauses do not record their start; the probe doubling only needs a rough previous delay.
+fn pause_started(pause: &Pause) -> chrono::DateTime<Utc> {
+    pause.until - chrono::Duration::from_std(FIRST_PROBE_DELAY).unwrap_or_default()
+}
+
+fn wait_for_pause(pause: &Pause) -> JobFailure {
+    let delay = (pause.until - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+    JobFailure::Wait {
+        // An account pause has no known end: check back in a while.
+        delay: if pause.needs_probe {
+            Duration::from_secs(30)
+        } else {
+            delay.max(Duration::from_secs(1))
+        },
+        count_attempt: false,
+        reason: format!("provider paused ({}, code {})", pause.reason, pause.code),
+    }
+}
+
+fn paused_error(pause: &Pause) -> ProviderError {
+    if pause.needs_probe {
+        ProviderError::Account {
+            status: 0,
+            code: Some(pause.code.clone()),
+            message: pause.reason.clone(),
+            advice: "paused",
+        }
+    } else {
+        ProviderError::QuotaExhausted {
+            code: pause.code.clone(),
+            window: crate::provider::QuotaWindow::Other,
+            reset_at: Some(pause.until),
+            message: pause.reason.clone(),
+        }
+    }
+}
+
+fn fail(error: ReviewError) -> JobFailure {
+    match error {
+        ReviewError::InvalidJob(message) => JobFailure::Fail {
+            kind: FailureKind::InvalidJob,
+            message,
+            usage: Usage::default(),
+        },
+        other => provider_failure(other),
+    }
+}
+
+/// What a failed review means for the job.
+fn provider_failure(error: ReviewError) -> JobFailure {
+    match error {
+        ReviewError::InvalidJob(message) => JobFailure::Fail {
+            kind: FailureKind::InvalidJob,
+            message,
+            usage: Usage::default(),
+        },
+        ReviewError::BadModelOutput { message, usage } => JobFailure::Fail {
+            kind: FailureKind::BadModelOutput,
+            message,
+            usage,
+        },
+        ReviewError::Provider(e) => match e.action() {
+            Action::Reject => JobFailure::Fail {
+                kind: FailureKind::ProviderRejected,
+                message: e.to_string(),
+                usage: Usage::default(),
+            },
+            Action::Retry => JobFailure::Wait {
+                delay: Duration::from_secs(10),
+                count_attempt: true,
+                reason: e.to_string(),
+            },
+            Action::RetrySoon { .. } => JobFailure::Wait {
+                delay: Duration::from_secs(2),
+                count_attempt: false,
+                reason: e.to_string(),
+            },
+            Action::PauseUntilReset | Action::PauseAccount => JobFailure::Wait {
+                delay: Duration::from_secs(5),
+                count_attempt: false,
+                reason: e.to_string(),
+            },
+        },
+    }
+}

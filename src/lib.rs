@@ -1,0 +1,48 @@
+//! review-worker: reviews pull requests with GLM models. Jobs arrive on RabbitMQ, each diff is
+//! reviewed through an OpenAI-compatible endpoint (Z.AI's GLM Coding Plan or pay-per-token API),
+//! and the review goes back on RabbitMQ.
+//!
+//! # Layout
+//! - [`settings`]: environment (and optional file) into typed, validated settings; secrets.
+//! - [`telemetry`]: log format and level.
+//! - [`contract`]: job and result messages and their JSON schemas.
+//! - [`diff`]: unified diffs into files, hunks and new-file line numbers.
+//! - [`context`]: what fits the model's context window; skipped files; ranking.
+//! - [`prompt`]: the review request.
+//! - [`provider`]: the OpenAI-compatible client; `provider::error` classifies every Z.AI code
+//!   (where a 1308 becomes "pause until the reset").
+//! - [`answer`]: reading the model's answer in every shape models use.
+//! - [`anchor`]: pinning suggestions to changed lines; severity and count filters.
+//! - [`review`]: one job's review, broker-free.
+//! - [`limits`]: the adaptive in-flight limit and the provider pause state.
+//! - [`executor`]: runs a review under the limits; retries; decides wait, pause or fail.
+//! - [`broker`]: topology, confirmed publishing, dead letters, delay tiers.
+//! - [`worker`]: one delivery step and the consume loop with graceful shutdown.
+//! - [`app`]: builds the worker from settings; `run(settings, shutdown)`.
+//! - [`check`]: the provider probe (`GET /models`).
+//! - [`status`]: readiness flags and job metrics.
+//! - [`submit`]: publishing jobs like the API does; waiting for results.
+//! - [`sim`]: the Z.AI simulator.
+//! - [`cli`], [`shutdown`]: the command line and the process's signals.
+
+pub mod anchor;
+pub mod answer;
+pub mod app;
+pub mod broker;
+pub mod check;
+pub mod cli;
+pub mod context;
+pub mod contract;
+pub mod diff;
+pub mod executor;
+pub mod limits;
+pub mod prompt;
+pub mod provider;
+pub mod review;
+pub mod settings;
+pub mod shutdown;
+pub mod sim;
+pub mod status;
+pub mod submit;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,287 @@
+//! The plan's limits as this process enforces them: an in-flight limit that halves on a 1302 and
+//! creeps back after a quiet period, and the provider's pause (quota window or account problem)
+//! with its reason and end.
+//!
+//! The deployment-wide side (one active replica, pause broadcasts) lives in `coordination.rs`;
+//! this module is the local mechanism it drives.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+
+/// How long without a 1302 before the limit grows by one again.
+pub const QUIET_PERIOD: Duration = Duration::from_secs(30);
+
+/// A limit on calls in flight whose size changes at run time.
+#[derive(Debug, Clone)]
+pub struct AdaptiveLimit {
+    inner: Arc<LimitInner>,
+}
+
+#[derive(Debug)]
+struct LimitInner {
+    state: Mutex<LimitState>,
+    changed: Notify,
+    configured: u32,
+}
+
+#[derive(Debug)]
+struct LimitState {
+    limit: u32,
+    in_flight: u32,
+    peak: u32,
+    last_lowered: Option<Instant>,
+}
+
+/// One call's place under the limit; dropping it frees the place.
+#[derive(Debug)]
+pub struct Slot {
+    inner: Arc<LimitInner>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut state = lock(&self.inner.state);
+        state.in_flight -= 1;
+        drop(state);
+        self.inner.changed.notify_waiters();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock leaves plain counters behind, still meaningful.
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl AdaptiveLimit {
+    pub fn new(configured: u32) -> Self {
+        let configured = configured.max(1);
+        Self {
+            inner: Arc::new(LimitInner {
+                state: Mutex::new(LimitState {
+                    limit: configured,
+                    in_flight: 0,
+                    peak: 0,
+                    last_lowered: None,
+                }),
+                changed: Notify::new(),
+                configured,
+            }),
+        }
+    }
+
+    /// Waits for a place under the current limit.
+    pub async fn acquire(&self) -> Slot {
+        loop {
+            let notified = self.inner.changed.notified();
+            {
+                let mut state = lock(&self.inner.state);
+                self.recover(&mut state);
+                if state.in_flight < state.limit {
+                    state.in_flight += 1;
+                    state.peak = state.peak.max(state.in_flight);
+                    return Slot {
+                        inner: self.inner.clone(),
+                    };
+                }
+            }
+            // Wake on a release, or after a quiet period may have let the limit grow.
+            let _ = tokio::time::timeout(QUIET_PERIOD, notified).await;
+        }
+    }
+
+    /// A 1302 said we are over the plan: halve, never below 1.
+    pub fn lower(&self) -> u32 {
+        let mut state = lock(&self.inner.state);
+        state.limit = (state.limit / 2).max(1);
+        state.last_lowered = Some(Instant::now());
+        state.limit
+    }
+
+    /// The limit now (after any recovery that is due).
+    pub fn current(&self) -> u32 {
+        let mut state = lock(&self.inner.state);
+        self.recover(&mut state);
+        state.limit
+    }
+
+    pub fn configured(&self) -> u32 {
+        self.inner.configured
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        lock(&self.inner.state).in_flight
+    }
+
+    pub fn peak(&self) -> u32 {
+        lock(&self.inner.state).peak
+    }
+
+    /// One step back toward the configured limit per quiet period since the last 1302.
+    fn recover(&self, state: &mut LimitState) {
+        if let Some(at) = state.last_lowered
+            && state.limit < self.inner.configured
+            && at.elapsed() >= QUIET_PERIOD
+        {
+            state.limit += 1;
+            state.last_lowered = (state.limit < self.inner.configured).then(Instant::now);
+            self.inner.changed.notify_waiters();
+        }
+    }
+}
+
+/// Why a provider is paused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pause {
+    pub until: DateTime<Utc>,
+    /// Z.AI's code or the HTTP status.
+    pub code: String,
+    /// e.g. "5-hour quota exhausted", "invalid key".
+    pub reason: String,
+    /// Account problems end when a probe succeeds, not at `until` (which is the next probe).
+    pub needs_probe: bool,
+}
+
+/// The pause state of one provider, shared by every task of the process.
+#[derive(Debug, Clone, Default)]
+pub struct PauseState {
+    inner: Arc<(Mutex<Option<Pause>>, Notify)>,
+}
+
+impl PauseState {
+    /// Sets a pause unless one already runs at least as long.
+    pub fn pause(&self, pause: Pause) -> bool {
+        let mut current = lock(&self.inner.0);
+        if current
+            .as_ref()
+            .is_some_and(|c| c.until >= pause.until && c.needs_probe == pause.needs_probe)
+        {
+            return false;
+        }
+        *current = Some(pause);
+        true
+    }
+
+    pub fn resume(&self) -> Option<Pause> {
+        let previous = lock(&self.inner.0).take();
+        self.inner.1.notify_waiters();
+        previous
+    }
+
+    /// The pause in force, if any. A time-bound pause ends by itself.
+    pub fn current(&self) -> Option<Pause> {
+        let mut current = lock(&self.inner.0);
+        if current
+            .as_ref()
+            .is_some_and(|p| !p.needs_probe && p.until <= Utc::now())
+        {
+            *current = None;
+        }
+        current.clone()
+    }
+
+    /// Resolves when no pause is in force (time-bound pauses end at their time, account pauses
+    /// when `resume` is called).
+    pub async fn wait_until_clear(&self) {
+        loop {
+            let notified = self.inner.1.notified();
+            let Some(pause) = self.current() else { return };
+            let wait = (pause.until - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            let wait = if pause.needs_probe {
+                Duration::from_secs(1)
+            } else {
+                wait.max(Duration::from_millis(10))
+            };
+            let _ = tokio::time::timeout(wait, notified).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_limit_halves_on_1302_and_never_drops_below_one() {
+        let limit = AdaptiveLimit::new(8);
+        assert_eq!(limit.lower(), 4);
+        assert_eq!(limit.lower(), 2);
+        assert_eq!(limit.lower(), 1);
+        assert_eq!(limit.lower(), 1);
+        assert_eq!(limit.current(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_limit_creeps_back_one_step_per_quiet_period() {
+        let limit = AdaptiveLimit::new(4);
+        limit.lower();
+        limit.lower();
+        assert_eq!(limit.current(), 1);
+        tokio::time::advance(QUIET_PERIOD / 2).await;
+        assert_eq!(limit.current(), 1, "not quiet long enough yet");
+        tokio::time::advance(QUIET_PERIOD / 2).await;
+        assert_eq!(limit.current(), 2);
+        tokio::time::advance(QUIET_PERIOD).await;
+        assert_eq!(limit.current(), 3);
+        tokio::time::advance(QUIET_PERIOD).await;
+        assert_eq!(limit.current(), 4);
+        tokio::time::advance(QUIET_PERIOD).await;
+        assert_eq!(limit.current(), 4, "never above the configured cap");
+    }
+
+    #[tokio::test]
+    async fn no_more_than_the_limit_are_in_flight() {
+        let limit = AdaptiveLimit::new(2);
+        let a = limit.acquire().await;
+        let _b = limit.acquire().await;
+        let third = tokio::time::timeout(Duration::from_millis(50), limit.acquire()).await;
+        assert!(third.is_err(), "a third slot must wait");
+        drop(a);
+        let third = tokio::time::timeout(Duration::from_millis(500), limit.acquire()).await;
+        assert!(third.is_ok(), "a freed slot is taken");
+        assert_eq!(limit.peak(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_time_bound_pause_ends_by_itself() {
+        let pauses = PauseState::default();
+        pauses.pause(Pause {
+            until: Utc::now() + chrono::Duration::milliseconds(100),
+            code: "1308".into(),
+            reason: "5-hour quota exhausted".into(),
+            needs_probe: false,
+        });
+        assert!(pauses.current().is_some());
+        tokio::time::timeout(Duration::from_secs(2), pauses.wait_until_clear())
+            .await
+            .unwrap();
+        assert!(pauses.current().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_account_pause_waits_for_resume() {
+        let pauses = PauseState::default();
+        pauses.pause(Pause {
+            until: Utc::now(),
+            code: "401".into(),
+            reason: "invalid key".into(),
+            needs_probe: true,
+        });
+        assert!(pauses.current().is_some(), "an account pause does not end with time");
+        let waiter = tokio::spawn({
+            let pauses = pauses.clone();
+            async move { pauses.wait_until_clear().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished());
+        pauses.resume();
+        tokio::time::timeout(Duration::from_secs(3), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

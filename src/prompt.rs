@@ -1,0 +1,88 @@
+//! The review request: a system message that fixes the answer's shape (the contract's §6) and a
+//! user message with the PR and its diff, each line numbered in the new file's numbering.
+
+use crate::context::Fitted;
+use crate::contract::Job;
+use crate::diff::render_for_prompt;
+use crate::provider::Message;
+
+const SYSTEM: &str = "You are a meticulous senior code reviewer. Review the pull request diff \
+you are given and report real problems: bugs, security issues, performance problems, \
+maintainability issues. Do not praise, do not restate the change, do not invent code that is not \
+in the diff.
+
+Each diff line is shown as `<new line number> <marker><code>`: marker `+` is an added line, `-` a \
+removed line (no number), a space an unchanged line. Comment only on added lines (`+`), and use \
+the new-file line numbers shown at the left.
+
+Answer with ONE JSON object and nothing else, exactly of this shape:
+{\"summary\": \"<one paragraph about the whole PR>\",
+ \"suggestions\": [{\"file\": \"<path as shown after === FILE:>\", \"line_start\": <int>, \
+\"line_end\": <int>, \"severity\": \"low|medium|high|critical\", \"label\": \"bug|security|performance|maintainability|style\", \
+\"title\": \"<short title>\", \"body\": \"<what is wrong and why>\", \"existing_code\": \"<the offending line(s)>\", \
+\"improved_code\": \"<the fix>\"}]}
+Use an empty suggestions array when there is nothing worth reporting.";
+
+/// Builds the messages for one review.
+pub fn build_messages(job: &Job, fitted: &Fitted) -> Vec<Message> {
+    let mut system = SYSTEM.to_owned();
+    if let Some(language) = job.options.language.as_deref().filter(|l| !l.trim().is_empty()) {
+        system.push_str(&format!(
+            "\nWrite the summary, titles and bodies in the natural language `{language}`; keep code as is."
+        ));
+    }
+    if let Some(rules) = job.options.instructions.as_deref().filter(|r| !r.trim().is_empty()) {
+        system.push_str("\n\nTeam rules to apply on top of the default review:\n");
+        system.push_str(rules.trim());
+    }
+
+    let pr = &job.pull_request;
+    let mut user = format!("Repository: {}\nPull request #{}", job.repository.full_name, pr.number);
+    if let Some(title) = pr.title.as_deref().filter(|t| !t.trim().is_empty()) {
+        user.push_str(": ");
+        user.push_str(title.trim());
+    }
+    user.push('\n');
+    if let Some(language) = job.repository.language.as_deref() {
+        user.push_str(&format!("Main language: {language}\n"));
+    }
+    if let Some(body) = pr.body.as_deref().filter(|b| !b.trim().is_empty()) {
+        user.push_str("\nDescription:\n");
+        user.push_str(body.trim());
+        user.push('\n');
+    }
+    if !fitted.skipped_files.is_empty() {
+        user.push_str(&format!(
+            "\n{} file(s) are not shown (generated, vendored, binary, ignored or over the context budget).\n",
+            fitted.skipped_files.len()
+        ));
+    }
+    user.push_str("\nDiff:\n");
+    for file in &fitted.files {
+        user.push_str(&render_for_prompt(file));
+    }
+    vec![Message::system(system), Message::user(user)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::parse_job;
+
+    #[test]
+    fn the_prompt_carries_the_title_body_rules_and_numbered_diff() {
+        let mut job = parse_job(include_bytes!("../docs/contract/examples/job.json"), 1 << 20).unwrap();
+        job.options.instructions = Some("Never allow unwrap() in handlers.".into());
+        let files = crate::diff::parse_unified(&job.diff).unwrap();
+        let fitted = crate::context::fit(files, &globset::GlobSet::empty(), 100_000);
+        let messages = build_messages(&job, &fitted);
+        assert_eq!(messages.len(), 2);
+        assert!(messages[0].content.contains("Never allow unwrap() in handlers."));
+        assert!(messages[0].content.contains("in the natural language `en`"));
+        let user = &messages[1].content;
+        assert!(user.contains("Pull request #42: Parse refund amounts from the webhook"));
+        assert!(user.contains("Adds refund parsing."));
+        assert!(user.contains("=== FILE: src/refund.rs (modified)"));
+        assert!(user.contains("     4 +    let cents"), "{user}");
+    }
+}

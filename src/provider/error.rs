@@ -1,0 +1,475 @@
+//! What a provider's answer means for the job: the one place that reads Z.AI's error codes.
+//!
+//! Z.AI answers many different problems with HTTP 429, so the class comes from the body's `code`
+//! (a string), never from the status alone, and never from the message text, which the China
+//! twin sends in Chinese. The message is read only for the reset time of a quota window.
+//! The caller decides retry / wait / pause / fail from [`ProviderError::action`].
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use serde_json::Value;
+
+/// Which quota window ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaWindow {
+    FiveHour,
+    Weekly,
+    /// 1316–1321: further 5-hour / 7-day / spend-limit variants whose text is unconfirmed.
+    Other,
+}
+
+impl QuotaWindow {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FiveHour => "5-hour",
+            Self::Weekly => "weekly",
+            Self::Other => "quota",
+        }
+    }
+}
+
+/// What the worker does about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// A transient failure: retry with backoff, counting an attempt.
+    Retry,
+    /// Concurrency, rate or overload: retry shortly without counting an attempt.
+    RetrySoon { lower_cap: bool },
+    /// A quota window is exhausted: pause the provider until the reset (or a capped backoff).
+    PauseUntilReset,
+    /// Key, account, plan or model problem: pause and re-probe; never fail the job.
+    PauseAccount,
+    /// The provider will never accept this request: fail the job (`provider_rejected`).
+    Reject,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    /// Could not reach the provider (DNS, refused, reset, TLS): `detail` is the exact upstream
+    /// error chain.
+    #[error("connection error: {detail}")]
+    Connection { detail: String },
+    #[error("no answer within {}s", .0.as_secs())]
+    Timeout(Duration),
+    /// 5xx without a known code, an unreadable body, a `network_error` finish.
+    #[error("server error (HTTP {status}{}): {message}", code_suffix(.code))]
+    Server {
+        status: u16,
+        code: Option<String>,
+        message: String,
+    },
+    /// 1302 (in flight), 1303 (frequency), 1305 (overloaded), 1312 (model busy), unknown 429s.
+    #[error("rate limited (HTTP {status}{}): {message}", code_suffix(.code))]
+    RateLimited {
+        status: u16,
+        code: Option<String>,
+        message: String,
+    },
+    /// 1308, 1310, 1316–1321.
+    #[error("{} quota exhausted (code {code}){}: {message}", .window.as_str(), reset_suffix(.reset_at))]
+    QuotaExhausted {
+        code: String,
+        window: QuotaWindow,
+        reset_at: Option<DateTime<Utc>>,
+        message: String,
+    },
+    /// 401, 1000–1004, 1113, 1309, 1211, 1311, 1313, 404: the operator must act.
+    #[error("account or configuration problem (HTTP {status}{}): {message}; {}", code_suffix(.code), .advice)]
+    Account {
+        status: u16,
+        code: Option<String>,
+        message: String,
+        advice: &'static str,
+    },
+    /// 1210, 1214, other 4xx, context too large, content refused.
+    #[error("request rejected (HTTP {status}{}): {message}", code_suffix(.code))]
+    Rejected {
+        status: u16,
+        code: Option<String>,
+        message: String,
+    },
+}
+
+fn code_suffix(code: &Option<String>) -> String {
+    code.as_deref().map(|c| format!(", code {c}")).unwrap_or_default()
+}
+
+fn reset_suffix(reset_at: &Option<DateTime<Utc>>) -> String {
+    reset_at
+        .map(|at| format!(", resets at {}", crate::contract::rfc3339(at)))
+        .unwrap_or_default()
+}
+
+pub const KEY_MISMATCH_ADVICE: &str = "the key doesn't match the endpoint: Coding Plan keys work only on \
+     https://api.z.ai/api/coding/paas/v4, developer keys only on https://api.z.ai/api/paas/v4/ \
+     (check API_OPENAI_FORCE_BASE_URL and API_OPEN_AI_API_KEY)";
+const BALANCE_ADVICE: &str = "insufficient balance or no resource package; if this is a Coding Plan key, \
+     point API_OPENAI_FORCE_BASE_URL at https://api.z.ai/api/coding/paas/v4";
+const EXPIRED_ADVICE: &str = "the GLM Coding Plan package has expired: renew it at z.ai/subscribe";
+const MODEL_ADVICE: &str = "the model id is wrong: set API_LLM_PROVIDER_MODEL to one the endpoint lists \
+     (glm-5.1, glm-5-turbo, glm-5, glm-4.5, glm-4.5-air)";
+const PLAN_MODEL_ADVICE: &str = "the model is not included in this plan: choose another API_LLM_PROVIDER_MODEL";
+const FAIR_USE_ADVICE: &str = "the account is throttled under the Fair Usage Policy: slow down or contact Z.AI";
+const NOT_FOUND_ADVICE: &str = "the base URL is wrong: use https://api.z.ai/api/coding/paas/v4 or \
+     https://api.z.ai/api/paas/v4/ (no /v1 segment)";
+
+impl ProviderError {
+    /// Classifies a non-success answer (or a 200 that carries an `error` object).
+    pub fn from_response(status: u16, body: &str) -> Self {
+        let parsed: Option<Value> = serde_json::from_str(body).ok();
+        let error = parsed.as_ref().and_then(|v| v.get("error"));
+        // Z.AI sends the code as a string; accept a number too, and the `type` of the
+        // code-less 401 shape only as a fallback for the status.
+        let code = error.and_then(|e| e.get("code")).and_then(|c| match c {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        });
+        let message = error
+            .and_then(|e| e.get("message"))
+            .and_then(Value::as_str)
+            .map(crate::contract::one_line)
+            .unwrap_or_else(|| crate::contract::one_line(&body.chars().take(300).collect::<String>()));
+        classify(status, code, message)
+    }
+
+    pub fn action(&self) -> Action {
+        match self {
+            Self::Connection { .. } | Self::Timeout(_) | Self::Server { .. } => Action::Retry,
+            Self::RateLimited { code, .. } => Action::RetrySoon {
+                lower_cap: code.as_deref() == Some("1302"),
+            },
+            Self::QuotaExhausted { .. } => Action::PauseUntilReset,
+            Self::Account { .. } => Action::PauseAccount,
+            Self::Rejected { .. } => Action::Reject,
+        }
+    }
+
+    /// Z.AI's code, or the HTTP status for answers without one; `None` when nothing answered.
+    pub fn code(&self) -> Option<String> {
+        match self {
+            Self::Connection { .. } | Self::Timeout(_) => None,
+            Self::QuotaExhausted { code, .. } => Some(code.clone()),
+            Self::Server { status, code, .. }
+            | Self::RateLimited { status, code, .. }
+            | Self::Account { status, code, .. }
+            | Self::Rejected { status, code, .. } => Some(code.clone().unwrap_or_else(|| status.to_string())),
+        }
+    }
+
+    /// A few words an operator can grep for.
+    pub fn meaning(&self) -> &'static str {
+        match self {
+            Self::Connection { .. } => "connection error",
+            Self::Timeout(_) => "timeout",
+            Self::Server { .. } => "server error",
+            Self::RateLimited { code, .. } => match code.as_deref() {
+                Some("1302") => "too much concurrency",
+                Some("1303") => "too many requests",
+                Some("1305") => "provider overloaded",
+                Some("1312") => "model busy",
+                _ => "rate limited",
+            },
+            Self::QuotaExhausted { window, .. } => match window {
+                QuotaWindow::FiveHour => "5-hour quota exhausted",
+                QuotaWindow::Weekly => "weekly quota exhausted",
+                QuotaWindow::Other => "quota exhausted",
+            },
+            Self::Account { advice, .. } => {
+                if *advice == KEY_MISMATCH_ADVICE {
+                    "invalid key"
+                } else if *advice == NOT_FOUND_ADVICE {
+                    "wrong base URL"
+                } else if *advice == MODEL_ADVICE || *advice == PLAN_MODEL_ADVICE {
+                    "model not available"
+                } else {
+                    "account unusable"
+                }
+            }
+            Self::Rejected { .. } => "request rejected",
+        }
+    }
+}
+
+fn classify(status: u16, code: Option<String>, message: String) -> ProviderError {
+    use ProviderError::*;
+    let account = |advice| Account {
+        status,
+        code: code.clone(),
+        message: message.clone(),
+        advice,
+    };
+    match code.as_deref() {
+        Some("1000" | "1001" | "1002" | "1003" | "1004") => account(KEY_MISMATCH_ADVICE),
+        Some("1113") => account(BALANCE_ADVICE),
+        Some("1309") => account(EXPIRED_ADVICE),
+        Some("1211") => account(MODEL_ADVICE),
+        Some("1311") => account(PLAN_MODEL_ADVICE),
+        Some("1313") => account(FAIR_USE_ADVICE),
+        Some("1302" | "1303" | "1305" | "1312") => RateLimited { status, code, message },
+        Some(c @ ("1308" | "1310" | "1316" | "1317" | "1318" | "1319" | "1320" | "1321")) => QuotaExhausted {
+            code: c.to_owned(),
+            window: match c {
+                "1308" => QuotaWindow::FiveHour,
+                "1310" => QuotaWindow::Weekly,
+                _ => window_from_message(&message),
+            },
+            reset_at: parse_reset_time(&message),
+            message,
+        },
+        Some("1210" | "1214") => Rejected { status, code, message },
+        _ => match status {
+            401 | 403 => account(KEY_MISMATCH_ADVICE),
+            404 => account(NOT_FOUND_ADVICE),
+            // An unknown 429 is a rate limit: back off, never fail the job for it.
+            429 => RateLimited { status, code, message },
+            408 | 500..=599 => Server { status, code, message },
+            400..=499 => Rejected { status, code, message },
+            // A 200 carrying an error object with an unknown code: retrying is the safe side.
+            _ => Server { status, code, message },
+        },
+    }
+}
+
+fn window_from_message(message: &str) -> QuotaWindow {
+    let lower = message.to_lowercase();
+    if lower.contains("5 hour") || lower.contains("5-hour") || message.contains("5 小时") || message.contains("5小时")
+    {
+        QuotaWindow::FiveHour
+    } else if lower.contains("week") || lower.contains("7-day") || lower.contains("7 day") || message.contains('周') {
+        QuotaWindow::Weekly
+    } else {
+        QuotaWindow::Other
+    }
+}
+
+/// Reads `YYYY-MM-DD HH:MM:SS` anywhere in the message as Beijing time (UTC+8), which is what
+/// Z.AI's quota API confirms for 1308 and what we assume for the other windows.
+pub fn parse_reset_time(message: &str) -> Option<DateTime<Utc>> {
+    let beijing = chrono::FixedOffset::east_opt(8 * 3600)?;
+    message.char_indices().find_map(|(at, c)| {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        let candidate = message.get(at..at + 19)?;
+        let naive = NaiveDateTime::parse_from_str(candidate, "%Y-%m-%d %H:%M:%S").ok()?;
+        Some(beijing.from_local_datetime(&naive).single()?.with_timezone(&Utc))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(code: &str, message: &str) -> String {
+        serde_json::json!({"error": {"code": code, "message": message}}).to_string()
+    }
+
+    fn class(status: u16, code: &str, message: &str) -> ProviderError {
+        ProviderError::from_response(status, &body(code, message))
+    }
+
+    #[test]
+    fn every_authorization_code_pauses_for_the_operator() {
+        for code in ["1000", "1001", "1002", "1003", "1004"] {
+            let e = class(
+                401,
+                code,
+                "Authorization Token is invalid, please ensure the token is correct",
+            );
+            assert_eq!(e.action(), Action::PauseAccount, "{code}");
+            assert_eq!(e.code().as_deref(), Some(code));
+            assert_eq!(e.meaning(), "invalid key");
+        }
+    }
+
+    #[test]
+    fn the_codeless_401_shape_is_an_invalid_key() {
+        let e = ProviderError::from_response(
+            401,
+            r#"{"error":{"message":"token expired or incorrect","type":"401"}}"#,
+        );
+        assert_eq!(e.action(), Action::PauseAccount);
+        assert_eq!(e.code().as_deref(), Some("401"));
+        assert!(e.to_string().contains("Coding Plan keys work only on"));
+    }
+
+    #[test]
+    fn insufficient_balance_is_an_account_problem_not_a_rate_limit() {
+        let e = class(
+            429,
+            "1113",
+            "Insufficient balance or no resource package. Please recharge.",
+        );
+        assert_eq!(e.action(), Action::PauseAccount);
+        assert_eq!(e.meaning(), "account unusable");
+    }
+
+    #[test]
+    fn invalid_parameters_reject_the_job() {
+        for code in ["1210", "1214"] {
+            let e = class(400, code, "Invalid API parameter, please check the documentation.");
+            assert_eq!(e.action(), Action::Reject, "{code}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_model_pauses_for_the_operator() {
+        let e = class(400, "1211", "Unknown Model, please check the model code.");
+        assert_eq!(e.action(), Action::PauseAccount);
+        assert_eq!(e.meaning(), "model not available");
+    }
+
+    #[test]
+    fn concurrency_1302_retries_soon_and_lowers_the_cap() {
+        let msg = "High concurrency usage of this API, please reduce concurrency or contact customer service to increase limits";
+        let e = class(429, "1302", msg);
+        assert_eq!(e.action(), Action::RetrySoon { lower_cap: true });
+        assert_eq!(e.meaning(), "too much concurrency");
+        let e = class(429, "1302", "Rate limit reached for requests");
+        assert_eq!(e.action(), Action::RetrySoon { lower_cap: true });
+    }
+
+    #[test]
+    fn frequency_overload_and_busy_model_retry_soon_without_lowering_the_cap() {
+        for (status, code) in [
+            (429, "1303"),
+            (429, "1305"),
+            (503, "1305"),
+            (200, "1305"),
+            (429, "1312"),
+        ] {
+            let e = class(
+                status,
+                code,
+                "The service may be temporarily overloaded, please try again later",
+            );
+            assert_eq!(e.action(), Action::RetrySoon { lower_cap: false }, "{code}");
+        }
+    }
+
+    #[test]
+    fn the_five_hour_window_carries_its_reset_time_in_utc() {
+        let e = class(
+            429,
+            "1308",
+            "Usage limit reached for 5 hour. Your limit will reset at 2026-09-09 05:38:28",
+        );
+        let ProviderError::QuotaExhausted { window, reset_at, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(*window, QuotaWindow::FiveHour);
+        assert_eq!(crate::contract::rfc3339(reset_at.unwrap()), "2026-09-08T21:38:28Z");
+        assert_eq!(e.action(), Action::PauseUntilReset);
+    }
+
+    #[test]
+    fn the_chinese_five_hour_message_is_read_the_same_way() {
+        let e = class(
+            429,
+            "1308",
+            "已达到 5 小时的使用上限。您的限额将在 2026-09-06 09:04:58 重置。",
+        );
+        let ProviderError::QuotaExhausted { window, reset_at, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(*window, QuotaWindow::FiveHour);
+        assert_eq!(crate::contract::rfc3339(reset_at.unwrap()), "2026-09-06T01:04:58Z");
+    }
+
+    #[test]
+    fn the_weekly_window_in_both_languages() {
+        let e = class(
+            429,
+            "1310",
+            "Weekly/Monthly Limit Exhausted. Your limit will reset at 2026-09-03 18:01:05",
+        );
+        let ProviderError::QuotaExhausted { window, reset_at, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(*window, QuotaWindow::Weekly);
+        assert_eq!(crate::contract::rfc3339(reset_at.unwrap()), "2026-09-03T10:01:05Z");
+        let e = class(
+            429,
+            "1310",
+            "您已达到每周/每月使用上限，您的限额将在 2026-09-03 18:01:05 重置",
+        );
+        assert!(matches!(
+            e,
+            ProviderError::QuotaExhausted {
+                window: QuotaWindow::Weekly,
+                reset_at: Some(_),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_expired_plan_and_plan_model_and_fair_use_pause_for_the_operator() {
+        for (code, meaning) in [
+            ("1309", "account unusable"),
+            ("1311", "model not available"),
+            ("1313", "account unusable"),
+        ] {
+            let e = class(429, code, "Your GLM Coding Plan package has expired");
+            assert_eq!(e.action(), Action::PauseAccount, "{code}");
+            assert_eq!(e.meaning(), meaning, "{code}");
+        }
+    }
+
+    #[test]
+    fn the_further_window_variants_pause_until_reset_even_without_a_time() {
+        for code in ["1316", "1317", "1318", "1319", "1320", "1321"] {
+            let e = class(429, code, "Spend limit reached");
+            assert!(
+                matches!(e, ProviderError::QuotaExhausted { reset_at: None, .. }),
+                "{code}"
+            );
+            assert_eq!(e.action(), Action::PauseUntilReset);
+        }
+        let e = class(429, "1317", "Usage limit reached for 7-day window");
+        assert!(matches!(
+            e,
+            ProviderError::QuotaExhausted {
+                window: QuotaWindow::Weekly,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn an_unknown_429_is_a_rate_limit_with_backoff() {
+        let e = ProviderError::from_response(429, "Too Many Requests");
+        assert_eq!(e.action(), Action::RetrySoon { lower_cap: false });
+        let e = class(429, "1399", "something new");
+        assert_eq!(e.action(), Action::RetrySoon { lower_cap: false });
+    }
+
+    #[test]
+    fn server_errors_retry_and_a_404_is_a_wrong_base_url() {
+        assert_eq!(
+            ProviderError::from_response(502, "<html>bad gateway</html>").action(),
+            Action::Retry
+        );
+        assert_eq!(
+            ProviderError::from_response(500, &body("500", "Internal error")).action(),
+            Action::Retry
+        );
+        let e = ProviderError::from_response(404, "");
+        assert_eq!(e.action(), Action::PauseAccount);
+        assert_eq!(e.meaning(), "wrong base URL");
+    }
+
+    #[test]
+    fn a_numeric_code_is_read_like_a_string() {
+        let e = ProviderError::from_response(429, r#"{"error":{"code":1302,"message":"x"}}"#);
+        assert_eq!(e.code().as_deref(), Some("1302"));
+    }
+
+    #[test]
+    fn reset_times_are_only_read_when_well_formed() {
+        assert!(parse_reset_time("reset at 2026-13-01 00:00:00").is_none());
+        assert!(parse_reset_time("no time here").is_none());
+    }
+}

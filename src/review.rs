@@ -1,0 +1,265 @@
+//! One review, without the broker: diff → context fit → prompt → model call(s) → answer → anchored
+//! suggestions. The model is called through a closure so that the executor can put retries, the
+//! deployment-wide cap and the fallback around each call, and tests can answer directly.
+
+use std::time::Duration;
+
+use crate::anchor::anchor;
+use crate::answer::{parse_answer, repair_instruction};
+use crate::context::{Fitted, build_ignore_set, context_window, estimate_tokens, fit};
+use crate::contract::{FailureKind, Job, Suggestion, Usage};
+use crate::diff::{FileDiff, from_job_files, parse_unified};
+use crate::prompt::build_messages;
+use crate::provider::{ChatAnswer, Message, ProviderError};
+
+/// A job ready to send: what fits the model's window, and the messages.
+#[derive(Debug)]
+pub struct Prepared {
+    pub fitted: Fitted,
+    pub messages: Vec<Message>,
+}
+
+/// What the model said about a job, anchored and filtered.
+#[derive(Debug)]
+pub struct Review {
+    pub summary: String,
+    pub suggestions: Vec<Suggestion>,
+    pub usage: Usage,
+    pub truncated: bool,
+    pub skipped_files: Vec<String>,
+    /// Time spent in provider calls.
+    pub model_time: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// The job itself cannot be reviewed (a diff that is no diff, a bad glob).
+    #[error("{0}")]
+    InvalidJob(String),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error("the model's answer could not be read, even after a repair request: {message}")]
+    BadModelOutput { message: String, usage: Usage },
+}
+
+impl ReviewError {
+    /// The failure kind when this error fails the job for good; `None` when it is the provider's
+    /// and the executor decides.
+    pub fn failure_kind(&self) -> Option<FailureKind> {
+        match self {
+            Self::InvalidJob(_) => Some(FailureKind::InvalidJob),
+            Self::BadModelOutput { .. } => Some(FailureKind::BadModelOutput),
+            Self::Provider(_) => None,
+        }
+    }
+}
+
+/// Room kept in the window for the answer (and the model's reasoning, which counts as output).
+fn output_reserve(window: usize) -> usize {
+    (window / 4).min(32_768)
+}
+
+/// Parses the job's diff and fits it, with the prompt around it, into the model's window.
+pub fn prepare(job: &Job, model: &str) -> Result<Prepared, ReviewError> {
+    let files: Vec<FileDiff> = if job.files.is_empty() {
+        parse_unified(&job.diff)
+    } else {
+        from_job_files(&job.files)
+    }
+    .map_err(|e| ReviewError::InvalidJob(format!("the diff cannot be read: {e}")))?;
+    if files.is_empty() {
+        return Err(ReviewError::InvalidJob("the diff has no files".to_owned()));
+    }
+    let ignore = build_ignore_set(&job.options.ignore_paths)
+        .map_err(|e| ReviewError::InvalidJob(format!("options.ignore_paths: {e}")))?;
+
+    let window = context_window(model) as usize;
+    // The prompt without a diff tells how much the frame takes.
+    let frame = build_messages(
+        job,
+        &Fitted {
+            files: Vec::new(),
+            skipped_files: Vec::new(),
+            truncated: false,
+            estimated_tokens: 0,
+        },
+    );
+    let frame_tokens: usize = frame.iter().map(|m| estimate_tokens(&m.content)).sum();
+    let budget = window.saturating_sub(output_reserve(window) + frame_tokens + 256);
+
+    let fitted = fit(files, &ignore, budget);
+    let messages = build_messages(job, &fitted);
+    Ok(Prepared { fitted, messages })
+}
+
+/// How a review reaches the model: the executor puts retries, limits and the fallback behind
+/// it; tests answer directly.
+pub trait ModelCall: Sync {
+    fn call(&self, messages: &[Message]) -> impl Future<Output = Result<ChatAnswer, ProviderError>> + Send;
+}
+
+/// Runs the review: one call, one repair call if the answer cannot be read, then anchoring.
+pub async fn run(job: &Job, prepared: Prepared, model: &impl ModelCall) -> Result<Review, ReviewError> {
+    let Prepared { fitted, mut messages } = prepared;
+    let mut usage = Usage::default();
+    let mut model_time = Duration::ZERO;
+
+    if fitted.files.is_empty() {
+        // Nothing reviewable is left (all lockfiles, binaries, ignored…): no call, no quota.
+        return Ok(Review {
+            summary: format!("Nothing to review: {} file(s) skipped.", fitted.skipped_files.len()),
+            suggestions: Vec::new(),
+            usage,
+            truncated: fitted.truncated,
+            skipped_files: fitted.skipped_files,
+            model_time,
+        });
+    }
+
+    let answer = model.call(&messages).await?;
+    usage.add(&answer.usage);
+    model_time += answer.latency;
+    let review = match read(&answer) {
+        Ok(review) => review,
+        Err(error) => {
+            tracing::warn!(%error, "unreadable model answer, sending one repair request");
+            messages.push(Message::assistant(
+                answer
+                    .content
+                    .clone()
+                    .unwrap_or_else(|| answer.tool_arguments.join("\n")),
+            ));
+            messages.push(Message::user(repair_instruction(&error)));
+            let repaired = model.call(&messages).await?;
+            usage.add(&repaired.usage);
+            model_time += repaired.latency;
+            read(&repaired).map_err(|e| ReviewError::BadModelOutput {
+                message: e.to_string(),
+                usage: usage.clone(),
+            })?
+        }
+    };
+
+    let anchored = anchor(review.suggestions, &fitted.files, &job.options);
+    if anchored.dropped > 0 || anchored.reanchored > 0 {
+        tracing::debug!(
+            dropped = anchored.dropped,
+            reanchored = anchored.reanchored,
+            "suggestions moved or dropped to fit changed lines"
+        );
+    }
+    Ok(Review {
+        summary: review.summary.unwrap_or_default(),
+        suggestions: anchored.suggestions,
+        usage,
+        truncated: fitted.truncated,
+        skipped_files: fitted.skipped_files,
+        model_time,
+    })
+}
+
+fn read(answer: &ChatAnswer) -> Result<crate::answer::ModelReview, crate::answer::AnswerError> {
+    let tools: Vec<&str> = answer.tool_arguments.iter().map(String::as_str).collect();
+    parse_answer(answer.content.as_deref(), &tools)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::parse_job;
+    use std::sync::Mutex;
+
+    fn job() -> Job {
+        parse_job(include_bytes!("../docs/contract/examples/job.json"), 1 << 20).unwrap()
+    }
+
+    fn answer(content: &str) -> ChatAnswer {
+        ChatAnswer {
+            content: Some(content.to_owned()),
+            tool_arguments: Vec::new(),
+            finish_reason: Some("stop".into()),
+            usage: Usage {
+                requests: 1,
+                prompt_tokens: 100,
+                completion_tokens: 20,
+                cached_tokens: 0,
+            },
+            latency: Duration::from_millis(5),
+        }
+    }
+
+    /// Answers with the scripted contents in order, recording how many messages each call had.
+    struct Scripted {
+        answers: Mutex<Vec<&'static str>>,
+        seen: Mutex<Vec<usize>>,
+    }
+
+    impl Scripted {
+        fn new(answers: &[&'static str]) -> Self {
+            Self {
+                answers: Mutex::new(answers.iter().rev().copied().collect()),
+                seen: Mutex::new(Vec::new()),
+            }
+        }
+    }
+
+    impl ModelCall for Scripted {
+        fn call(&self, messages: &[Message]) -> impl Future<Output = Result<ChatAnswer, ProviderError>> + Send {
+            self.seen.lock().unwrap().push(messages.len());
+            let next = self.answers.lock().unwrap().pop().expect("no more scripted answers");
+            async move { Ok(answer(next)) }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_answer_gets_exactly_one_repair() {
+        let job = job();
+        let model = Scripted::new(&[
+            "I think the code is fine.",
+            r#"{"summary":"ok","suggestions":[{"file":"src/refund.rs","line_start":4,"severity":"high","body":"unwrap panics"}]}"#,
+        ]);
+        let review = run(&job, prepare(&job, "glm-5.1").unwrap(), &model).await.unwrap();
+        assert_eq!(
+            *model.seen.lock().unwrap(),
+            vec![2, 4],
+            "the repair carries the first answer and the instruction"
+        );
+        assert_eq!(review.usage.requests, 2);
+        assert_eq!(review.suggestions.len(), 1);
+        assert_eq!(review.suggestions[0].line_start, 4);
+    }
+
+    #[tokio::test]
+    async fn two_unreadable_answers_are_bad_model_output() {
+        let job = job();
+        let model = Scripted::new(&["no json", "still no json"]);
+        let error = run(&job, prepare(&job, "glm-5.1").unwrap(), &model).await.unwrap_err();
+        assert_eq!(error.failure_kind(), Some(FailureKind::BadModelOutput));
+    }
+
+    #[tokio::test]
+    async fn a_pr_with_only_skipped_files_costs_no_call() {
+        let mut job = job();
+        job.options.ignore_paths = vec!["src/**".into()];
+        let model = Scripted::new(&[]);
+        let review = run(&job, prepare(&job, "glm-5.1").unwrap(), &model).await.unwrap();
+        assert_eq!(review.skipped_files, vec!["src/refund.rs".to_owned()]);
+        assert_eq!(review.usage.requests, 0);
+        assert!(model.seen.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_diff_that_is_not_a_diff_is_an_invalid_job() {
+        let mut job = job();
+        job.diff = "this is not a diff".into();
+        assert_eq!(
+            prepare(&job, "glm-5.1").unwrap_err().failure_kind(),
+            Some(FailureKind::InvalidJob)
+        );
+        job.diff = "   \n".into();
+        assert_eq!(
+            prepare(&job, "glm-5.1").unwrap_err().failure_kind(),
+            Some(FailureKind::InvalidJob)
+        );
+    }
+}

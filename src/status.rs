@@ -1,0 +1,107 @@
+//! What this replica is doing, for `/ready` and `/metrics`: connection and consumption flags,
+//! reviews in flight, and the metrics emitted per job (through the `metrics` facade, so nothing
+//! is recorded unless an exporter is installed).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::executor::Completed;
+
+/// Pay-per-token prices (USD per million input / output tokens) from the product document's
+/// table, used to show what the Coding Plan saved. Unknown models count as glm-5.1.
+pub fn price_per_million(model: &str) -> (f64, f64) {
+    let model = model.to_ascii_lowercase();
+    if model.starts_with("glm-4.5") {
+        (0.60, 2.20)
+    } else if model == "glm-5" {
+        (0.72, 2.30)
+    } else {
+        (0.95, 3.15)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WorkerStatus {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    connected: AtomicBool,
+    consuming: AtomicBool,
+    in_flight: AtomicU64,
+    finished: AtomicU64,
+}
+
+/// Marks a review in flight until dropped.
+#[derive(Debug)]
+pub struct InFlight {
+    inner: Arc<Inner>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = self.inner.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::gauge!("review_in_flight").set(now as f64);
+    }
+}
+
+impl WorkerStatus {
+    pub fn set_connected(&self, connected: bool) {
+        self.inner.connected.store(connected, Ordering::Relaxed);
+        metrics::gauge!("review_broker_connected").set(f64::from(u8::from(connected)));
+    }
+
+    pub fn set_consuming(&self, consuming: bool) {
+        self.inner.consuming.store(consuming, Ordering::Relaxed);
+        metrics::gauge!("review_consuming").set(f64::from(u8::from(consuming)));
+    }
+
+    pub fn connected(&self) -> bool {
+        self.inner.connected.load(Ordering::Relaxed)
+    }
+
+    pub fn consuming(&self) -> bool {
+        self.inner.consuming.load(Ordering::Relaxed)
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.inner.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Jobs settled by this process (any outcome).
+    pub fn finished(&self) -> u64 {
+        self.inner.finished.load(Ordering::Relaxed)
+    }
+
+    pub fn start_review(&self) -> InFlight {
+        let now = self.inner.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!("review_in_flight").set(now as f64);
+        InFlight {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// Counts a job's outcome: completed, waiting, hopped, or a failure kind.
+    pub fn record(&self, outcome: &str) {
+        self.inner.finished.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("review_jobs_total", "outcome" => outcome.to_owned()).increment(1);
+    }
+
+    pub fn observe_review(&self, completed: &Completed, elapsed: Duration) {
+        let usage = &completed.review.usage;
+        let provider = completed.provider.clone();
+        let model = completed.model.clone();
+        metrics::histogram!("review_latency_seconds", "model" => model.clone()).record(elapsed.as_secs_f64());
+        metrics::counter!("review_prompt_tokens_total", "provider" => provider.clone(), "model" => model.clone())
+            .increment(usage.prompt_tokens);
+        metrics::counter!("review_completion_tokens_total", "provider" => provider.clone(), "model" => model.clone())
+            .increment(usage.completion_tokens);
+        let (input, output) = price_per_million(&model);
+        let cost = (usage.prompt_tokens as f64 * input + usage.completion_tokens as f64 * output) / 1_000_000.0;
+        // Counters are integers: count micro-dollars.
+        metrics::counter!("review_cost_equivalent_microdollars_total", "provider" => provider, "model" => model)
+            .increment((cost * 1_000_000.0).round() as u64);
+    }
+}

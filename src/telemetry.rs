@@ -1,0 +1,34 @@
+//! Logging: human-readable lines by default, JSON with `API_LOG_FORMAT=json`, level from
+//! `API_LOG_LEVEL`. Chatty dependencies are held at `warn` unless the level names them.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::MakeWriterExt as _;
+
+use crate::settings::{LogFormat, LogSettings};
+
+/// Installs the global subscriber; logs go to stderr so that commands can print JSON on stdout.
+/// Safe to call twice (tests): the second call does nothing.
+pub fn init(settings: &LogSettings) {
+    let directives = if settings.level.contains('=') {
+        settings.level.clone()
+    } else {
+        format!(
+            "{},lapin=warn,amq_protocol=warn,hyper=warn,reqwest=warn,h2=warn",
+            settings.level
+        )
+    };
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr.with_max_level(tracing::Level::TRACE))
+        .with_target(false);
+    let _ = match settings.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

@@ -1,0 +1,362 @@
+//! The worker: consumes jobs, runs each through the executor, publishes its result, and only then
+//! acks. `handle_delivery` is one step (one message in, everything it causes on the broker out);
+//! `Worker::serve` is the loop around it, with shutdown passed in as a future.
+//!
+//! Every way a job leaves the jobs queue goes through a confirmed publish first: a result, a dead
+//! letter, or a republish to a delay tier. A job is never acked on the strength of a publish the
+//! broker did not confirm, so a crash at any point leaves it in the queue (at-least-once).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::Utc;
+use futures_util::StreamExt as _;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
+use tokio::task::JoinSet;
+use tracing::{Instrument as _, error, info, info_span, warn};
+
+use crate::broker::{Broker, Envelope, headers};
+use crate::contract::{FailureKind, Job, RESULT_SCHEMA_ID, ReviewResult, Status, parse_job, rfc3339};
+use crate::executor::{Completed, Executor, JobFailure};
+use crate::settings::ReviewSettings;
+use crate::status::WorkerStatus;
+
+/// What one delivery came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    Failed(FailureKind),
+    /// Back in a delay tier; `counted` says whether the attempt was charged.
+    Waiting {
+        delay: Duration,
+        counted: bool,
+    },
+    /// Came back from a delay tier early and went round another.
+    Hopped,
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Failed(kind) => kind.as_str(),
+            Self::Waiting { .. } => "waiting",
+            Self::Hopped => "hopped",
+        }
+    }
+}
+
+/// Everything a delivery needs; cheap to clone into each job's task.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    pub broker: Arc<Broker>,
+    pub executor: Executor,
+    pub review: ReviewSettings,
+    pub status: WorkerStatus,
+}
+
+impl Worker {
+    /// One step: handles a job message completely, up to (not including) its ack. `Ok` means
+    /// everything it published is confirmed and the message may be acked.
+    pub async fn handle_delivery(&self, body: &[u8], envelope: &Envelope) -> anyhow::Result<Outcome> {
+        let now_ms = Utc::now().timestamp_millis();
+        if let Some(not_before) = envelope.header_u64(headers::NOT_BEFORE) {
+            let remaining = not_before as i64 - now_ms;
+            if remaining > 200 {
+                self.broker
+                    .hop(body, envelope, Duration::from_millis(remaining as u64))
+                    .await
+                    .context("send an early job round another delay tier")?;
+                return Ok(Outcome::Hopped);
+            }
+        }
+
+        let job = match parse_job(body, self.review.max_job_bytes) {
+            Ok(job) => job,
+            Err((invalid, job_id)) => {
+                warn!(job_id = job_id.as_deref().unwrap_or("-"), routing_key = %envelope.routing_key, "invalid job, dead-lettering it: {invalid}");
+                if let Some(job_id) = &job_id {
+                    let result = ReviewResult::failed(job_id, FailureKind::InvalidJob, invalid.to_string(), 1);
+                    self.broker
+                        .publish_result(&result, envelope)
+                        .await
+                        .context("publish the invalid_job result")?;
+                }
+                self.broker
+                    .dead_letter(body, envelope, FailureKind::InvalidJob, &invalid.to_string(), 1)
+                    .await
+                    .context("dead-letter an invalid job")?;
+                self.status.record(Outcome::Failed(FailureKind::InvalidJob).label());
+                return Ok(Outcome::Failed(FailureKind::InvalidJob));
+            }
+        };
+
+        let span = info_span!("job", job_id = %job.job_id, repository = %job.repository.full_name, pr = job.pull_request.number);
+        self.review_job(job, body, envelope).instrument(span).await
+    }
+
+    async fn review_job(&self, job: Job, body: &[u8], envelope: &Envelope) -> anyhow::Result<Outcome> {
+        let attempts_before = envelope.header_u64(headers::ATTEMPTS).unwrap_or(0) as u32;
+        let attempt = attempts_before + 1;
+        let started_at = Utc::now();
+        let clock = Instant::now();
+
+        if let Some(age) = self.age(&job, envelope)
+            && age > self.review.max_job_age
+        {
+            let message = format!(
+                "the job is {}s old, older than API_REVIEW_MAX_JOB_AGE ({}s)",
+                age.as_secs(),
+                self.review.max_job_age.as_secs()
+            );
+            return self
+                .fail(
+                    &job,
+                    body,
+                    envelope,
+                    FailureKind::Expired,
+                    &message,
+                    attempt.max(attempts_before),
+                )
+                .await;
+        }
+
+        let _in_flight = self.status.start_review();
+        match self.executor.review(&job).await {
+            Ok(completed) => {
+                let result = completed_result(&job, &completed, attempt, started_at);
+                self.broker
+                    .publish_result(&result, envelope)
+                    .await
+                    .context("publish the result")?;
+                let usage = &completed.review.usage;
+                info!(
+                    provider = %completed.provider, model = %completed.model, outcome = "completed",
+                    latency_ms = clock.elapsed().as_millis() as u64, prompt_tokens = usage.prompt_tokens,
+                    completion_tokens = usage.completion_tokens, suggestions = completed.review.suggestions.len(),
+                    used_fallback = completed.used_fallback, attempt,
+                    "review {}#{} by {} {}: {} suggestion(s) in {} ms",
+                    job.repository.full_name, job.pull_request.number, completed.provider, completed.model,
+                    completed.review.suggestions.len(), clock.elapsed().as_millis()
+                );
+                self.status.observe_review(&completed, clock.elapsed());
+                self.status.record(Outcome::Completed.label());
+                Ok(Outcome::Completed)
+            }
+            Err(JobFailure::Fail { kind, message, .. }) => {
+                self.fail(&job, body, envelope, kind, &message, attempt).await
+            }
+            Err(JobFailure::Wait {
+                delay,
+                count_attempt,
+                reason,
+            }) => {
+                if count_attempt && attempt >= self.review.max_attempts {
+                    let message = format!("gave up after {attempt} attempt(s); last error: {reason}");
+                    return self
+                        .fail(&job, body, envelope, FailureKind::AttemptsExhausted, &message, attempt)
+                        .await;
+                }
+                let attempts = if count_attempt { attempt } else { attempts_before };
+                let delay = if count_attempt {
+                    retry_delay(attempt).max(delay)
+                } else {
+                    delay
+                };
+                self.broker
+                    .requeue_later(body, envelope, attempts, delay)
+                    .await
+                    .context("put the job back to wait")?;
+                info!(
+                    outcome = "waiting",
+                    delay_s = delay.as_secs(),
+                    attempt_counted = count_attempt,
+                    attempts,
+                    "job {} waits {}s: {reason}",
+                    job.job_id,
+                    delay.as_secs()
+                );
+                self.status.record("waiting");
+                Ok(Outcome::Waiting {
+                    delay,
+                    counted: count_attempt,
+                })
+            }
+        }
+    }
+
+    async fn fail(
+        &self,
+        job: &Job,
+        body: &[u8],
+        envelope: &Envelope,
+        kind: FailureKind,
+        message: &str,
+        attempts: u32,
+    ) -> anyhow::Result<Outcome> {
+        let result = ReviewResult::failed(&job.job_id, kind, message, attempts);
+        self.broker
+            .publish_result(&result, envelope)
+            .await
+            .context("publish the failed result")?;
+        self.broker
+            .dead_letter(body, envelope, kind, message, attempts)
+            .await
+            .context("dead-letter the failed job")?;
+        warn!(
+            outcome = kind.as_str(),
+            attempts,
+            "review {}#{} failed ({}): {message}",
+            job.repository.full_name,
+            job.pull_request.number,
+            kind.as_str()
+        );
+        self.status.record(kind.as_str());
+        Ok(Outcome::Failed(kind))
+    }
+
+    /// Age from the job's `created_at`, else from when the worker first saw it.
+    fn age(&self, job: &Job, envelope: &Envelope) -> Option<Duration> {
+        let born_ms = job
+            .created_at
+            .map(|at| at.timestamp_millis())
+            .or_else(|| envelope.header_u64(headers::FIRST_SEEN).map(|ms| ms as i64))?;
+        u64::try_from(Utc::now().timestamp_millis() - born_ms)
+            .ok()
+            .map(Duration::from_millis)
+    }
+
+    /// Handles one delivery and settles it with the broker: ack after success, otherwise
+    /// requeue after a pause (the broker or the network failed; the job is not at fault).
+    pub async fn process(&self, delivery: Delivery) {
+        let envelope = Envelope {
+            routing_key: delivery.routing_key.as_str().to_owned(),
+            properties: delivery.properties.clone(),
+        };
+        match self.handle_delivery(&delivery.data, &envelope).await {
+            Ok(_) => {
+                if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                    // The channel is gone; the broker requeues the job by itself.
+                    warn!("could not ack a job (it will be redelivered): {e}");
+                }
+            }
+            Err(e) => {
+                error!("job not settled, returning it to the queue: {e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// The loop: consumes until `shutdown` resolves (or the connection drops), stops consuming
+    /// at once, lets reviews in flight finish within `drain`, and leaves the rest unacked so the
+    /// broker requeues them when the channel closes.
+    pub async fn serve(
+        &self,
+        prefetch: u16,
+        drain: Duration,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let tag = format!("review-worker-{}", std::process::id());
+        let (channel, mut consumer) = self.broker.consume_jobs(prefetch, &tag).await?;
+        self.status.set_consuming(true);
+        info!(queue = %self.broker.topology().jobs_queue, prefetch, "consuming jobs");
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        let ended = loop {
+            tokio::select! {
+                () = &mut shutdown => break Ok(()),
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let worker = self.clone();
+                        tasks.spawn(async move { worker.process(delivery).await });
+                    }
+                    Some(Err(e)) => break Err(anyhow::Error::new(e).context("the broker connection failed")),
+                    None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
+                },
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(e) = joined {
+                        error!("a job task panicked (its job returns to the queue): {e}");
+                    }
+                }
+            }
+        };
+        self.status.set_consuming(false);
+        let _ = channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+        if !tasks.is_empty() {
+            info!(
+                in_flight = tasks.len(),
+                drain_ms = drain.as_millis() as u64,
+                "draining reviews in flight"
+            );
+        }
+        let drained = tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            warn!(
+                requeued = tasks.len(),
+                "drain timeout: returning unfinished jobs to the queue"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        // Closing the channel hands every unacked job back to the broker.
+        let _ = channel.close(200, "shutdown".into()).await;
+        ended
+    }
+}
+
+/// Backoff for jobs whose attempt counted: 10 s, 20 s, 40 s, … capped at 10 minutes.
+fn retry_delay(attempt: u32) -> Duration {
+    let seconds = 10u64.saturating_mul(1 << attempt.saturating_sub(1).min(6));
+    Duration::from_secs(seconds.min(600))
+}
+
+/// The `completed` result for a review.
+pub fn completed_result(
+    job: &Job,
+    completed: &Completed,
+    attempts: u32,
+    started_at: chrono::DateTime<Utc>,
+) -> ReviewResult {
+    let review = &completed.review;
+    ReviewResult {
+        schema: RESULT_SCHEMA_ID.to_owned(),
+        job_id: job.job_id.clone(),
+        status: Status::Completed,
+        summary: Some(review.summary.clone()),
+        suggestions: Some(review.suggestions.clone()),
+        provider: Some(completed.provider.clone()),
+        model: Some(completed.model.clone()),
+        used_fallback: Some(completed.used_fallback),
+        usage: Some(review.usage.clone()),
+        truncated: Some(review.truncated),
+        skipped_files: Some(review.skipped_files.clone()),
+        attempts: attempts.max(1),
+        started_at: Some(rfc3339(started_at)),
+        finished_at: rfc3339(Utc::now()),
+        error: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_and_are_capped() {
+        assert_eq!(retry_delay(1), Duration::from_secs(10));
+        assert_eq!(retry_delay(2), Duration::from_secs(20));
+        assert_eq!(retry_delay(30), Duration::from_secs(600));
+    }
+}

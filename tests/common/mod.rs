@@ -1,0 +1,242 @@
+//! Test helpers: every test gets a world of its own (a broker namespace nobody else uses and a
+//! simulator), so tests run in parallel against one real RabbitMQ.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use review_worker::broker::{Broker, DELAY_TIERS};
+use review_worker::settings::{Settings, Topology};
+use review_worker::sim::{SimArgs, SimHandle};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+pub fn amqp_uri() -> String {
+    std::env::var("API_RABBITMQ_URI").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+static RESULT_SCHEMA: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
+    let schema: Value = serde_json::from_str(include_str!("../../docs/contract/review-result.v1.schema.json")).unwrap();
+    jsonschema::validator_for(&schema).unwrap()
+});
+
+/// Panics with the schema's complaint when a result does not match the contract.
+pub fn assert_valid_result(result: &Value) {
+    if let Err(error) = RESULT_SCHEMA.validate(result) {
+        panic!("result does not match review-result/v1 at {}: {error}\n{result:#}", error.instance_path);
+    }
+}
+
+/// A unique, readable namespace for one test.
+pub fn namespace(test: &str) -> String {
+    format!("t-{test}-{:08x}", fastrand::u32(..))
+}
+
+/// The example job with a fresh id.
+pub fn job(job_id: &str) -> Value {
+    let mut job: Value = serde_json::from_str(include_str!("../../docs/contract/examples/job.json")).unwrap();
+    job["job_id"] = json!(job_id);
+    job.as_object_mut().unwrap().remove("created_at");
+    job
+}
+
+pub fn json_properties() -> BasicProperties {
+    BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(2)
+}
+
+pub struct World {
+    pub namespace: String,
+    pub topology: Topology,
+    pub sim: SimHandle,
+    pub broker: Broker,
+    results: mpsc::UnboundedReceiver<Value>,
+    dead: mpsc::UnboundedReceiver<(Vec<u8>, FieldTable)>,
+    extra: Vec<(String, String)>,
+}
+
+impl World {
+    pub async fn new(test: &str, sim: SimArgs) -> World {
+        Self::with_sim(test, SimHandle::spawn(sim).await.expect("start the simulator")).await
+    }
+
+    pub async fn with_sim(test: &str, sim: SimHandle) -> World {
+        let namespace = namespace(test);
+        let topology = Topology::with_namespace(&namespace);
+        let settings = Settings::from_vars([("API_RABBITMQ_URI", amqp_uri().as_str()), ("API_RABBITMQ_NAMESPACE", namespace.as_str())]).unwrap();
+        let broker = Broker::connect(&settings.broker, "test").await.expect("RabbitMQ must answer (scripts/test.sh starts one)");
+        broker.declare_topology().await.unwrap();
+        let results = drain_queue(&broker, &topology.results_queue, |data, _| serde_json::from_slice(&data).expect("a result is JSON")).await;
+        let dead = drain_queue(&broker, &topology.dead_queue, |data, headers| (data, headers)).await;
+        World { namespace, topology, sim, broker, results, dead, extra: Vec::new() }
+    }
+
+    /// Settings for a worker in this world, pointed at the simulator's Coding Plan endpoint.
+    pub fn vars(&self) -> Vec<(String, String)> {
+        let mut vars = vec![
+            ("API_RABBITMQ_URI".to_owned(), amqp_uri()),
+            ("API_RABBITMQ_NAMESPACE".to_owned(), self.namespace.clone()),
+            ("API_LLM_PROVIDER_MODEL".to_owned(), "glm-5.1".to_owned()),
+            ("API_OPENAI_FORCE_BASE_URL".to_owned(), self.sim.coding_base_url()),
+            ("API_OPEN_AI_API_KEY".to_owned(), "sim-coding-key".to_owned()),
+            ("API_LLM_TIMEOUT_MS".to_owned(), "10000".to_owned()),
+            ("WORKER_HEALTH_PORT".to_owned(), "0".to_owned()),
+            ("API_WORKER_DRAIN_TIMEOUT_MS".to_owned(), "5000".to_owned()),
+        ];
+        for (k, v) in &self.extra {
+            vars.retain(|(name, _)| name != k);
+            vars.push((k.clone(), v.clone()));
+        }
+        vars
+    }
+
+    /// Sets (or overrides) a variable for every worker this world spawns from now on.
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.extra.retain(|(k, _)| k != name);
+        self.extra.push((name.to_owned(), value.to_owned()));
+    }
+
+    pub fn settings(&self) -> Settings {
+        let vars = self.vars();
+        Settings::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap()
+    }
+
+    /// A worker running in this process until `stop`.
+    pub fn spawn_worker(&self) -> RunningWorker {
+        let settings = self.settings();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(review_worker::app::run(settings, async move {
+            let _ = stopped.await;
+        }));
+        RunningWorker { stop, handle }
+    }
+
+    pub async fn publish(&self, body: &[u8], properties: BasicProperties) {
+        self.broker.publish_confirmed(&self.topology.exchange, "job.created", body, properties).await.unwrap();
+    }
+
+    pub async fn publish_job(&self, job: &Value) {
+        self.publish(&serde_json::to_vec(job).unwrap(), json_properties()).await;
+    }
+
+    /// The next `n` results, or a panic after `timeout`.
+    pub async fn results(&mut self, n: usize, timeout: Duration) -> Vec<Value> {
+        take(&mut self.results, n, timeout, "results").await
+    }
+
+    pub async fn dead_letters(&mut self, n: usize, timeout: Duration) -> Vec<(Vec<u8>, FieldTable)> {
+        take(&mut self.dead, n, timeout, "dead letters").await
+    }
+
+    /// Whatever else arrives within `wait`: to prove nothing more came.
+    pub async fn no_more_results(&mut self, wait: Duration) -> Vec<Value> {
+        let mut extra = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Some(result)) = tokio::time::timeout_at(deadline, self.results.recv()).await {
+            extra.push(result);
+        }
+        extra
+    }
+
+    /// Ready messages in one of this world's queues.
+    pub async fn queue_len(&self, queue: &str) -> u32 {
+        let channel = self.broker.channel().await.unwrap();
+        let q = channel
+            .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .await
+            .unwrap();
+        let _ = channel.close(200, "".into()).await;
+        q.message_count()
+    }
+}
+
+impl Drop for World {
+    /// Deletes the namespace's queues and exchanges, even when the test panicked.
+    fn drop(&mut self) {
+        let topology = self.topology.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let Ok(connection) = Connection::connect(&amqp_uri(), ConnectionProperties::default()).await else { return };
+                let Ok(channel) = connection.create_channel().await else { return };
+                let mut queues = vec![topology.jobs_queue.clone(), topology.results_queue.clone(), topology.dead_queue.clone()];
+                queues.extend(DELAY_TIERS.iter().map(|(label, _)| topology.own(&format!("retry.{label}"))));
+                for extra in ["permits", "leader", "state"] {
+                    queues.push(topology.own(extra));
+                }
+                for queue in queues {
+                    let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+                }
+                for exchange in [topology.exchange.clone(), topology.dlx.clone(), topology.own("control")] {
+                    let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+                }
+                let _ = connection.close(200, "".into()).await;
+            });
+        })
+        .join();
+    }
+}
+
+pub struct RunningWorker {
+    stop: oneshot::Sender<()>,
+    pub handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningWorker {
+    /// Sends the shutdown and waits for `run` to return.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(30), self.handle).await.expect("worker stops within 30s").expect("worker task")
+    }
+}
+
+async fn drain_queue<T: Send + 'static>(
+    broker: &Broker,
+    queue: &str,
+    map: impl Fn(Vec<u8>, FieldTable) -> T + Send + 'static,
+) -> mpsc::UnboundedReceiver<T> {
+    let channel = broker.channel().await.unwrap();
+    let mut consumer = channel
+        .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _channel = channel;
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let headers = delivery.properties.headers().clone().unwrap_or_default();
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            if tx.send(map(delivery.data, headers)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+async fn take<T>(rx: &mut mpsc::UnboundedReceiver<T>, n: usize, timeout: Duration, what: &str) -> Vec<T> {
+    let mut got = Vec::with_capacity(n);
+    let deadline = tokio::time::Instant::now() + timeout;
+    while got.len() < n {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(item)) => got.push(item),
+            Ok(None) => panic!("the {what} queue consumer stopped after {} of {n}", got.len()),
+            Err(_) => panic!("only {} of {n} {what} within {timeout:?}", got.len()),
+        }
+    }
+    got
+}
+
+/// A header's text value.
+pub fn header_str(headers: &FieldTable, name: &str) -> Option<String> {
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        other => Some(format!("{other:?}")),
+    }
+}
