@@ -315,7 +315,7 @@ pub fn parse_job(body: &[u8], max_bytes: usize) -> Result<Job, (InvalidJob, Opti
                 size: body.len(),
                 limit: max_bytes,
             },
-            sniff_job_id(&body[..body.len().min(4096)]),
+            sniff_job_id(body),
         ));
     }
     let text = std::str::from_utf8(body).map_err(|e| (InvalidJob::NotUtf8(e), None))?;
@@ -333,14 +333,33 @@ pub fn parse_job(body: &[u8], max_bytes: usize) -> Result<Job, (InvalidJob, Opti
     serde_json::from_value(value).map_err(|e| (InvalidJob::Schema(e.to_string()), job_id))
 }
 
-/// Finds `"job_id":"..."` in the first bytes of a body that is too large to parse whole.
-fn sniff_job_id(head: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(head);
-    let start = text.find("\"job_id\"")? + "\"job_id\"".len();
-    let rest = text[start..].trim_start().strip_prefix(':')?.trim_start();
-    let rest = rest.strip_prefix('"')?;
-    let id = &rest[..rest.find('"')?];
-    (!id.is_empty() && id.len() <= 128 && !id.contains('\\')).then(|| id.to_owned())
+/// Finds a top-level-looking `"job_id": "..."` in a body too large to parse. The body is already
+/// in memory, so a byte scan is cheap; an occurrence escaped inside a string (`\"job_id\"`) is
+/// skipped.
+fn sniff_job_id(body: &[u8]) -> Option<String> {
+    const KEY: &[u8] = b"\"job_id\"";
+    let mut from = 0;
+    while let Some(at) = body[from..].windows(KEY.len()).position(|w| w == KEY).map(|p| p + from) {
+        from = at + KEY.len();
+        if at > 0 && body[at - 1] == b'\\' {
+            continue;
+        }
+        // A lossy window: an id is short, and a cut character at the end does not matter.
+        let window = String::from_utf8_lossy(&body[from..body.len().min(from + 200)]);
+        let rest = window.as_ref();
+        let Some(rest) = rest.trim_start().strip_prefix(':') else {
+            continue;
+        };
+        let Some(rest) = rest.trim_start().strip_prefix('"') else {
+            continue;
+        };
+        let Some(end) = rest.find('"') else { continue };
+        let id = &rest[..end];
+        if !id.is_empty() && id.len() <= 128 && !id.contains('\\') {
+            return Some(id.to_owned());
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -367,10 +386,17 @@ mod tests {
 
     #[test]
     fn a_too_large_job_still_yields_its_id() {
-        let body = format!(r#"{{"job_id": "big-1", "diff": "{}"}}"#, "x".repeat(5000));
+        let body = format!(
+            r#"{{"diff": "{} \\"job_id\\": \\"inner\\"", "job_id": "big-1"}}"#,
+            "x".repeat(5000)
+        );
         let (error, id) = parse_job(body.as_bytes(), 100).unwrap_err();
         assert!(matches!(error, InvalidJob::TooLarge { .. }));
-        assert_eq!(id.as_deref(), Some("big-1"));
+        assert_eq!(
+            id.as_deref(),
+            Some("big-1"),
+            "the id after the diff, not the escaped one inside it"
+        );
     }
 
     #[test]

@@ -21,7 +21,9 @@ pub fn init(settings: &LogSettings) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr.with_max_level(tracing::Level::TRACE))
-        .with_target(false);
+        .with_target(false)
+        // Colour codes only for a person at a terminal, never in `docker logs | grep`.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match settings.format {
         LogFormat::Json => builder
             .json()

@@ -7,7 +7,9 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use review_worker::broker::{Broker, DELAY_TIERS};
@@ -29,7 +31,10 @@ static RESULT_SCHEMA: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
 /// Panics with the schema's complaint when a result does not match the contract.
 pub fn assert_valid_result(result: &Value) {
     if let Err(error) = RESULT_SCHEMA.validate(result) {
-        panic!("result does not match review-result/v1 at {}: {error}\n{result:#}", error.instance_path);
+        panic!(
+            "result does not match review-result/v1 at {}: {error}\n{result:#}",
+            error.instance_path
+        );
     }
 }
 
@@ -47,7 +52,9 @@ pub fn job(job_id: &str) -> Value {
 }
 
 pub fn json_properties() -> BasicProperties {
-    BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(2)
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
 }
 
 pub struct World {
@@ -68,12 +75,29 @@ impl World {
     pub async fn with_sim(test: &str, sim: SimHandle) -> World {
         let namespace = namespace(test);
         let topology = Topology::with_namespace(&namespace);
-        let settings = Settings::from_vars([("API_RABBITMQ_URI", amqp_uri().as_str()), ("API_RABBITMQ_NAMESPACE", namespace.as_str())]).unwrap();
-        let broker = Broker::connect(&settings.broker, "test").await.expect("RabbitMQ must answer (scripts/test.sh starts one)");
+        let settings = Settings::from_vars([
+            ("API_RABBITMQ_URI", amqp_uri().as_str()),
+            ("API_RABBITMQ_NAMESPACE", namespace.as_str()),
+        ])
+        .unwrap();
+        let broker = Broker::connect(&settings.broker, "test")
+            .await
+            .expect("RabbitMQ must answer (scripts/test.sh starts one)");
         broker.declare_topology().await.unwrap();
-        let results = drain_queue(&broker, &topology.results_queue, |data, _| serde_json::from_slice(&data).expect("a result is JSON")).await;
+        let results = drain_queue(&broker, &topology.results_queue, |data, _| {
+            serde_json::from_slice(&data).expect("a result is JSON")
+        })
+        .await;
         let dead = drain_queue(&broker, &topology.dead_queue, |data, headers| (data, headers)).await;
-        World { namespace, topology, sim, broker, results, dead, extra: Vec::new() }
+        World {
+            namespace,
+            topology,
+            sim,
+            broker,
+            results,
+            dead,
+            extra: Vec::new(),
+        }
     }
 
     /// Settings for a worker in this world, pointed at the simulator's Coding Plan endpoint.
@@ -117,7 +141,10 @@ impl World {
     }
 
     pub async fn publish(&self, body: &[u8], properties: BasicProperties) {
-        self.broker.publish_confirmed(&self.topology.exchange, "job.created", body, properties).await.unwrap();
+        self.broker
+            .publish_confirmed(&self.topology.exchange, "job.created", body, properties)
+            .await
+            .unwrap();
     }
 
     pub async fn publish_job(&self, job: &Value) {
@@ -143,11 +170,47 @@ impl World {
         extra
     }
 
+    /// Waits until the jobs queue has `n` consumers (workers are up and consuming).
+    pub async fn wait_for_consumers(&self, n: u32, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let channel = self.broker.channel().await.unwrap();
+            let q = channel
+                .queue_declare(
+                    self.topology.jobs_queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            let _ = channel.close(200, "".into()).await;
+            if q.consumer_count() >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} of {n} consumers within {timeout:?}",
+                q.consumer_count()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Ready messages in one of this world's queues.
     pub async fn queue_len(&self, queue: &str) -> u32 {
         let channel = self.broker.channel().await.unwrap();
         let q = channel
-            .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .unwrap();
         let _ = channel.close(200, "".into()).await;
@@ -160,20 +223,39 @@ impl Drop for World {
     fn drop(&mut self) {
         let topology = self.topology.clone();
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             runtime.block_on(async move {
-                let Ok(connection) = Connection::connect(&amqp_uri(), ConnectionProperties::default()).await else { return };
-                let Ok(channel) = connection.create_channel().await else { return };
-                let mut queues = vec![topology.jobs_queue.clone(), topology.results_queue.clone(), topology.dead_queue.clone()];
-                queues.extend(DELAY_TIERS.iter().map(|(label, _)| topology.own(&format!("retry.{label}"))));
+                let Ok(connection) = Connection::connect(&amqp_uri(), ConnectionProperties::default()).await else {
+                    return;
+                };
+                let Ok(channel) = connection.create_channel().await else {
+                    return;
+                };
+                let mut queues = vec![
+                    topology.jobs_queue.clone(),
+                    topology.results_queue.clone(),
+                    topology.dead_queue.clone(),
+                ];
+                queues.extend(
+                    DELAY_TIERS
+                        .iter()
+                        .map(|(label, _)| topology.own(&format!("retry.{label}"))),
+                );
                 for extra in ["permits", "leader", "state"] {
                     queues.push(topology.own(extra));
                 }
                 for queue in queues {
-                    let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+                    let _ = channel
+                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                        .await;
                 }
                 for exchange in [topology.exchange.clone(), topology.dlx.clone(), topology.own("control")] {
-                    let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+                    let _ = channel
+                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                        .await;
                 }
                 let _ = connection.close(200, "".into()).await;
             });
@@ -191,7 +273,10 @@ impl RunningWorker {
     /// Sends the shutdown and waits for `run` to return.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(30), self.handle).await.expect("worker stops within 30s").expect("worker task")
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("worker stops within 30s")
+            .expect("worker task")
     }
 }
 
@@ -202,7 +287,12 @@ async fn drain_queue<T: Send + 'static>(
 ) -> mpsc::UnboundedReceiver<T> {
     let channel = broker.channel().await.unwrap();
     let mut consumer = channel
-        .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let (tx, rx) = mpsc::unbounded_channel();

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite (what .ci/run calls). Makes sure a RabbitMQ answers at API_RABBITMQ_URI,
+# starting a private node on that loopback port if none does, runs every test, and stops the
+# node it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+started=$(scripts/rabbitmq.sh ensure)
+cleanup() { if [[ "$started" == started ]]; then scripts/rabbitmq.sh stop-ensured; fi; }
+trap cleanup EXIT
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --all-targets --no-fail-fast "$@"
+else
+  cargo test --all-targets --no-fail-fast "$@"
+fi
