@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 static JOB_SCHEMA: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
     let schema: serde_json::Value = serde_json::from_str(include_str!("../docs/contract/review-job.v1.schema.json"))
         .expect("the bundled job schema is valid JSON");
-    jsonschema::validator_for(&schema).expect("the bundled job schema compiles")
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .build(&schema)
+        .expect("the bundled job schema compiles")
 });
 
 pub const JOB_SCHEMA_ID: &str = "review-job/v1";
@@ -326,7 +329,7 @@ pub fn parse_job(body: &[u8], max_bytes: usize) -> Result<Job, (InvalidJob, Opti
         .filter(|id| !id.is_empty() && id.len() <= 128)
         .map(str::to_owned);
     if let Err(error) = JOB_SCHEMA.validate(&value) {
-        let path = error.instance_path.to_string();
+        let path = error.instance_path().to_string();
         let at = if path.is_empty() { "/".to_owned() } else { path };
         return Err((InvalidJob::Schema(format!("at {at}: {error}")), job_id));
     }

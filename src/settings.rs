@@ -575,7 +575,10 @@ fn parse_provider(
 ) -> Option<(String, Url, SecretString)> {
     let model = non_empty(model);
     let base_url = non_empty(base_url);
-    let key = key.filter(|k| !k.expose_secret().trim().is_empty());
+    // A key pasted from a file often carries a trailing newline, which would break the header.
+    let key = key
+        .map(|k| SecretString::from(k.expose_secret().trim().to_owned()))
+        .filter(|k| !k.expose_secret().is_empty());
     if model.is_none() && base_url.is_none() && key.is_none() {
         return None;
     }

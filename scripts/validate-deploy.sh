@@ -1,0 +1,353 @@
+#!/usr/bin/env bash
+# Validates the deployment files without Docker or a cluster, on a fresh Debian bookworm (as root:
+# it installs what is missing) as on a developer's machine:
+#
+#   - deploy/docker-compose.yml with Debian's docker-compose (1.29, `apt-get install docker-compose`)
+#     `config`, with and without the `sim` profile. The file reads ../.env, which a checkout does
+#     not have (and which holds secrets), so the check runs on a scratch copy whose .env is
+#     .env.example, or a minimal simulator one when .env.example is missing.
+#   - every manifest in deploy/kubernetes with `kubernetes-validate --strict` (PyPI), against the
+#     newest Kubernetes it knows and the oldest one supported here (1.27); the set that
+#     kustomization.yaml lists is rendered with `kubectl kustomize` or `kustomize build` when one
+#     is installed, else each listed file is validated on its own.
+#   - the KEDA objects (custom resources, which kubernetes-validate has no schema for: it would
+#     only warn) by a structural check of their own, and the settings that must agree across
+#     files (ports, user id, drain timeout vs. grace periods).
+#
+# Prints what it validated; exits non-zero if anything is invalid.
+#
+#   scripts/validate-deploy.sh
+#
+# Settings: KUBERNETES_VALIDATE_VENV (where kubernetes-validate is installed when it is not on
+# PATH; default ~/.cache/review-worker/kubernetes-validate).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+KV_VERSION=1.37.0                 # kubernetes-validate, pinned for reproducible results
+K8S_OLDEST=1.27.0                 # PodDisruptionBudget.unhealthyPodEvictionPolicy needs 1.27
+k8s_dir=deploy/kubernetes
+compose_file=deploy/docker-compose.yml
+# Files in deploy/kubernetes that kustomization.yaml deliberately does not list.
+optional_manifests=(secret.yaml keda-scaledobject.yaml)
+
+failures=()
+fail() { failures+=("$*"); printf 'FAIL %s\n' "$*"; }
+ok() { printf 'ok   %s\n' "$*"; }
+note() { printf 'note %s\n' "$*"; }
+section() { printf '\n== %s\n' "$*"; }
+
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+
+apt_updated=
+apt_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  if [[ -z "$apt_updated" ]]; then apt-get update -qq; apt_updated=1; fi
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# ---------------------------------------------------------------- tools
+section "tools"
+if ! command -v docker-compose >/dev/null 2>&1; then
+  note "docker-compose is missing: installing Debian's package"
+  apt_install docker-compose
+fi
+printf 'docker-compose: %s\n' "$(docker-compose version --short 2>/dev/null || docker-compose version | head -n1)"
+
+if command -v kubernetes-validate >/dev/null 2>&1; then
+  kv=(kubernetes-validate)
+  python=(python3)
+else
+  venv=${KUBERNETES_VALIDATE_VENV:-${HOME:-/root}/.cache/review-worker/kubernetes-validate}
+  if [[ ! -x "$venv/bin/kubernetes-validate" ]]; then
+    note "kubernetes-validate is missing: installing $KV_VERSION from PyPI into $venv"
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+      apt_install python3 python3-venv
+    fi
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KV_VERSION"
+  fi
+  kv=("$venv/bin/kubernetes-validate")
+  python=("$venv/bin/python")
+fi
+printf 'kubernetes-validate: %s\n' "$("${kv[@]}" --version)"
+# The newest Kubernetes its schemas cover (its default), read from its help.
+k8s_latest=$("${kv[@]}" --help | sed -n 's/.*Defaults to \([0-9][0-9.]*[0-9]\).*/\1/p' | head -n1)
+k8s_latest=${k8s_latest:-1.37.0}
+# kubernetes-validate brings PyYAML; the checks below use the same interpreter.
+if ! "${python[@]}" -c 'import yaml' 2>/dev/null; then
+  fail "python: PyYAML is not importable by ${python[*]}"
+fi
+
+# ---------------------------------------------------------------- compose
+section "docker-compose: $compose_file"
+# A scratch copy of what the file refers to (build context, Dockerfile, ../.env, ../examples).
+mkdir -p "$scratch/compose"
+cp -a Dockerfile deploy examples "$scratch/compose/"
+[[ -f .dockerignore ]] && cp -a .dockerignore "$scratch/compose/"
+if [[ -f .env.example ]]; then
+  cp .env.example "$scratch/compose/.env"
+  note "../.env for the check: a copy of .env.example"
+else
+  printf '%s\n' 'API_LLM_PROVIDER_MODEL=glm-5.1' \
+    'API_OPENAI_FORCE_BASE_URL=http://sim:4010/api/coding/paas/v4' \
+    'API_OPEN_AI_API_KEY=sim-coding-key' > "$scratch/compose/.env"
+  note "../.env for the check: a minimal simulator one (.env.example does not exist yet)"
+fi
+compose() { (cd "$scratch/compose/deploy" && docker-compose -f docker-compose.yml "$@"); }
+for profile in "" sim examples; do
+  label=${profile:-"(no profile)"}
+  args=()
+  [[ -n "$profile" ]] && args=(--profile "$profile")
+  if out=$(compose "${args[@]}" config 2>&1 >/dev/null); then
+    ok "docker-compose config $label"
+    [[ -n "$out" ]] && printf '%s\n' "$out" | sed 's/^/     /'
+  else
+    fail "docker-compose config $label:"
+    printf '%s\n' "$out" | sed 's/^/     /'
+  fi
+done
+services=$(compose config --services 2>/dev/null | sort | tr '\n' ' ') || services=""
+missing=0
+for service in api rabbitmq sim worker; do
+  if [[ " $services" != *" $service "* ]]; then
+    fail "docker-compose: service \`$service\` is missing (have: ${services:-none})"
+    missing=1
+  fi
+done
+((missing)) || ok "docker-compose services: $services"
+compose config > "$scratch/compose.rendered.yml" 2>/dev/null || true
+
+# ---------------------------------------------------------------- kubernetes: each file
+section "kubernetes manifests: $k8s_dir (kubernetes-validate --strict)"
+# Runs kubernetes-validate; a resource it has no schema for only warns, which is a failure here
+# (a misspelt apiVersion would otherwise pass) except for the known custom resources.
+validate() { # label version file...
+  local label=$1 version=$2; shift 2
+  local out rc=0
+  out=$("${kv[@]}" --strict -k "$version" "$@" 2>&1) || rc=$?
+  printf '%s\n' "$out" | sed 's/^/     /'
+  if ((rc != 0)) || grep -q '^ERROR\|^FATAL' <<<"$out"; then
+    fail "$label: invalid against Kubernetes $version"
+  elif grep -q "^WARN" <<<"$out"; then
+    fail "$label: kubernetes-validate has no schema for a resource (wrong apiVersion or kind?)"
+  elif ! grep -q "^INFO" <<<"$out"; then
+    fail "$label: no resource was validated"
+  else
+    ok "$label against Kubernetes $version"
+  fi
+}
+
+manifests=()
+for file in "$k8s_dir"/*.yaml "$k8s_dir"/*.yml; do
+  [[ -e "$file" ]] || continue
+  case "$(basename "$file")" in
+    kustomization.yaml|kustomization.yml) ;;
+    keda-*.yaml|keda-*.yml) note "$file: KEDA custom resources, no schema in kubernetes-validate: checked below" ;;
+    *) manifests+=("$file") ;;
+  esac
+done
+if ((${#manifests[@]} == 0)); then
+  fail "no manifest found in $k8s_dir"
+else
+  for version in "$k8s_latest" "$K8S_OLDEST"; do
+    for file in "${manifests[@]}"; do validate "$file" "$version" "$file"; done
+  done
+fi
+
+# ---------------------------------------------------------------- kubernetes: the kustomization
+section "kustomization: $k8s_dir/kustomization.yaml"
+listed=$("${python[@]}" - "$k8s_dir/kustomization.yaml" <<'PY'
+import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+assert doc.get("kind") == "Kustomization", "kind is not Kustomization"
+for resource in doc.get("resources") or []:
+    print(resource)
+PY
+) || { fail "kustomization.yaml: unreadable"; listed=""; }
+for resource in $listed; do
+  [[ -e "$k8s_dir/$resource" ]] || fail "kustomization.yaml lists $resource, which does not exist"
+done
+for file in "$k8s_dir"/*.yaml; do
+  name=$(basename "$file")
+  [[ "$name" == kustomization.yaml ]] && continue
+  if ! grep -qx "$name" <<<"$listed"; then
+    if [[ " ${optional_manifests[*]} " == *" $name "* ]]; then
+      note "$name is not in kustomization.yaml, on purpose (optional; see its header)"
+    else
+      fail "$name is not listed in kustomization.yaml (list it, or add it to optional_manifests here)"
+    fi
+  fi
+done
+ok "kustomization.yaml lists: $(tr '\n' ' ' <<<"$listed")"
+
+rendered=
+if command -v kustomize >/dev/null 2>&1 && timeout 120 kustomize build "$k8s_dir" > "$scratch/kustomized.yaml" 2>"$scratch/kustomize.err"; then
+  rendered="kustomize build"
+elif command -v kubectl >/dev/null 2>&1 && timeout 120 kubectl kustomize "$k8s_dir" > "$scratch/kustomized.yaml" 2>"$scratch/kustomize.err"; then
+  rendered="kubectl kustomize"
+fi
+if [[ -n "$rendered" ]]; then
+  validate "$rendered $k8s_dir" "$k8s_latest" "$scratch/kustomized.yaml"
+else
+  note "neither kustomize nor kubectl can render the kustomization here: its files were validated one by one above"
+fi
+
+# ---------------------------------------------------------------- KEDA and cross-file checks
+section "KEDA objects and settings that must agree"
+"${python[@]}" - "$k8s_dir" "$compose_file" "$scratch/compose.rendered.yml" <<'PY' || fail "structural checks (see above)"
+import glob, os, re, sys, yaml
+
+k8s_dir, compose_file, compose_rendered = sys.argv[1:4]
+errors = []
+
+def load(path):
+    return [d for d in yaml.safe_load_all(open(path)) if d]
+
+def find(kind, docs):
+    return [d for d in docs if d.get("kind") == kind]
+
+docs = []
+for path in sorted(glob.glob(os.path.join(k8s_dir, "*.yaml"))):
+    if os.path.basename(path) != "kustomization.yaml":
+        docs += load(path)
+
+deployment = find("Deployment", docs)[0]
+config = find("ConfigMap", docs)[0]["data"]
+secret_keys = {k for s in find("Secret", docs) for k in list(s.get("stringData", {})) + list(s.get("data", {}))}
+pod = deployment["spec"]["template"]["spec"]
+container = pod["containers"][0]
+
+# KEDA: the objects exist, point at each other and at the Deployment, and scale on the jobs queue.
+keda_files = glob.glob(os.path.join(k8s_dir, "keda-*.yaml"))
+for path in keda_files:
+    keda = load(path)
+    scaled = find("ScaledObject", keda)
+    auths = {d["metadata"]["name"]: d for d in find("TriggerAuthentication", keda)}
+    if not scaled:
+        errors.append(f"{path}: no ScaledObject")
+    for so in scaled:
+        name = so["metadata"]["name"]
+        if so.get("apiVersion") != "keda.sh/v1alpha1":
+            errors.append(f"{path}: ScaledObject {name}: apiVersion is not keda.sh/v1alpha1")
+        spec = so.get("spec", {})
+        target = spec.get("scaleTargetRef", {}).get("name")
+        if target != deployment["metadata"]["name"]:
+            errors.append(f"{path}: scaleTargetRef.name {target!r} is not the Deployment")
+        lo, hi = spec.get("minReplicaCount"), spec.get("maxReplicaCount")
+        if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
+            errors.append(f"{path}: minReplicaCount/maxReplicaCount {lo}/{hi} are not 1 <= min <= max")
+        for trigger in spec.get("triggers", []):
+            meta = trigger.get("metadata", {})
+            if trigger.get("type") != "rabbitmq":
+                errors.append(f"{path}: trigger type {trigger.get('type')!r} is not rabbitmq")
+            if meta.get("queueName") != "review.jobs":
+                errors.append(f"{path}: queueName {meta.get('queueName')!r} is not review.jobs")
+            if not all(isinstance(v, str) for v in meta.values()):
+                errors.append(f"{path}: trigger metadata values must all be strings")
+            ref = trigger.get("authenticationRef", {}).get("name")
+            if ref is None and not ({"host", "hostFromEnv"} & meta.keys()):
+                errors.append(f"{path}: the rabbitmq trigger has no host, hostFromEnv or authenticationRef")
+            if ref is not None:
+                if ref not in auths:
+                    errors.append(f"{path}: authenticationRef {ref!r} is not a TriggerAuthentication in this file")
+                else:
+                    params = auths[ref]["spec"]
+                    sources = params.get("env", []) + params.get("secretTargetRef", [])
+                    if not any(s.get("parameter") == "host" for s in sources):
+                        errors.append(f"{path}: TriggerAuthentication {ref} gives no `host`")
+                    for env in params.get("env", []):
+                        if env.get("name") not in config and env.get("name") not in secret_keys:
+                            errors.append(f"{path}: TriggerAuthentication env {env.get('name')} is set by neither the ConfigMap nor the Secret")
+                        if env.get("containerName", container["name"]) != container["name"]:
+                            errors.append(f"{path}: TriggerAuthentication containerName is not the worker's container")
+    print(f"ok   {path}: {len(scaled)} ScaledObject(s), {len(auths)} TriggerAuthentication(s)")
+
+# Ports, user and timeouts that several files repeat.
+port = int(config.get("WORKER_HEALTH_PORT", "3334"))
+ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+if ports.get("http") != port:
+    errors.append(f"deployment: containerPort `http` {ports.get('http')} != WORKER_HEALTH_PORT {port}")
+annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+if annotations.get("prometheus.io/port") != str(port):
+    errors.append(f"deployment: prometheus.io/port {annotations.get('prometheus.io/port')} != {port}")
+for svc in find("Service", docs):
+    for p in svc["spec"]["ports"]:
+        if p.get("port") != port:
+            errors.append(f"service: port {p.get('port')} != WORKER_HEALTH_PORT {port}")
+drain_s = int(config.get("API_WORKER_DRAIN_TIMEOUT_MS", "60000")) / 1000
+grace = pod.get("terminationGracePeriodSeconds", 30)
+if grace <= drain_s:
+    errors.append(f"deployment: terminationGracePeriodSeconds {grace} is not above the drain timeout {drain_s:g}s")
+dockerfile = open("Dockerfile").read()
+user = re.search(r"^USER\s+(\d+)", dockerfile, re.M)
+for ctx in (pod.get("securityContext", {}), container.get("securityContext", {})):
+    if "runAsUser" in ctx and (user is None or str(ctx["runAsUser"]) != user.group(1)):
+        errors.append(f"deployment: runAsUser {ctx['runAsUser']} is not the Dockerfile's numeric USER")
+for probe, path in (("livenessProbe", "/health"), ("readinessProbe", "/ready")):
+    got = container.get(probe, {}).get("httpGet", {}).get("path")
+    if got != path:
+        errors.append(f"deployment: {probe} path {got!r} is not {path}")
+print(f"ok   deployment: port {port}, user {user.group(1) if user else '?'}, grace {grace}s > drain {drain_s:g}s, probes /health and /ready")
+
+# Compose: the worker's stop grace is above the drain timeout.
+if os.path.getsize(compose_rendered) > 0:
+    compose = yaml.safe_load(open(compose_rendered))
+    worker = compose["services"]["worker"]
+    m = re.fullmatch(r"(\d+)(s|m)", str(worker.get("stop_grace_period", "10s")))
+    grace_c = int(m.group(1)) * (60 if m.group(2) == "m" else 1) if m else 0
+    if grace_c <= drain_s:
+        errors.append(f"{compose_file}: worker stop_grace_period {grace_c}s is not above the drain timeout {drain_s:g}s")
+    print(f"ok   {compose_file}: worker stop_grace_period {grace_c}s > drain {drain_s:g}s")
+
+for e in errors:
+    print("FAIL " + e)
+sys.exit(1 if errors else 0)
+PY
+
+# ---------------------------------------------------------------- Dockerfile (static)
+section "Dockerfile (static checks; building it needs Docker and the network)"
+# Every JSON-form instruction parses; what the build copies exists; the runtime is non-root.
+"${python[@]}" - <<'PY' || fail "Dockerfile (see above)"
+import json, os, re, sys
+text = open("Dockerfile").read()
+joined = re.sub(r"\\\n", " ", text)
+errors = []
+for line in joined.splitlines():
+    m = re.match(r"^(?:HEALTHCHECK\b.*?\bCMD|CMD|ENTRYPOINT)\s+(\[.*\])\s*$", line.strip())
+    if m:
+        try:
+            json.loads(m.group(1))
+        except ValueError as e:
+            errors.append(f"not valid JSON: {line.strip()[:80]}: {e}")
+for m in re.finditer(r"^COPY\s+(?!--from)(.+)$", joined, re.M):
+    for src in m.group(1).split()[:-1]:
+        if not os.path.exists(src):
+            errors.append(f"COPY source {src} does not exist")
+ignored = [l.strip() for l in open(".dockerignore")] if os.path.exists(".dockerignore") else []
+ignored = [l for l in ignored if l and not l.startswith("#")]
+for needed in ("src/", "docs/", "Cargo.toml", "Cargo.lock"):
+    if needed in ignored or needed.rstrip("/") in ignored:
+        errors.append(f".dockerignore excludes {needed}, which the build needs")
+if not re.search(r"^USER\s+[1-9]\d*(:\d+)?\s*$", text, re.M):
+    errors.append("no numeric non-root USER")
+for needed in ("HEALTHCHECK", 'ENTRYPOINT ["/usr/local/bin/review-worker"]', 'CMD ["run"]', "EXPOSE 3334", "--locked"):
+    if needed not in text:
+        errors.append(f"missing: {needed}")
+for e in errors:
+    print("FAIL " + e)
+if not errors:
+    print("ok   Dockerfile: JSON forms parse, COPY sources exist, numeric non-root USER, HEALTHCHECK, entrypoint")
+sys.exit(1 if errors else 0)
+PY
+
+# ---------------------------------------------------------------- summary
+section "summary"
+if ((${#failures[@]})); then
+  printf 'deployment files: %d problem(s)\n' "${#failures[@]}"
+  printf '  - %s\n' "${failures[@]}"
+  exit 1
+fi
+echo "deployment files: all valid (docker-compose config; kubernetes-validate --strict; KEDA and cross-file checks; Dockerfile static checks)"
