@@ -33,7 +33,7 @@ pub fn assert_valid_result(result: &Value) {
     if let Err(error) = RESULT_SCHEMA.validate(result) {
         panic!(
             "result does not match review-result/v1 at {}: {error}\n{result:#}",
-            error.instance_path
+            error.instance_path()
         );
     }
 }
