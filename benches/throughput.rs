@@ -5,6 +5,8 @@
 //! `cargo bench --bench throughput` (needs a RabbitMQ at API_RABBITMQ_URI; `scripts/bench.sh`
 //! starts one). Options: `--jobs N` (2000), `--concurrency N` (64), `--runs N` (3).
 
+#![allow(clippy::print_stdout, reason = "a benchmark prints its figures")]
+
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
