@@ -10,7 +10,7 @@ cleanup() { if [[ "$started" == started ]]; then scripts/rabbitmq.sh stop-ensure
 trap cleanup EXIT
 
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --all-targets --no-fail-fast "$@"
+  cargo nextest run --workspace --no-fail-fast "$@"
 else
-  cargo test --all-targets --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "$@"
 fi

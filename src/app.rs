@@ -30,7 +30,7 @@ pub fn build_executor(settings: &Settings) -> anyhow::Result<Executor> {
         .as_ref()
         .map(Provider::new)
         .transpose()?
-        .map(|p| Lane::new(p, settings.limits.max_concurrent_requests, true));
+        .map(|p| Lane::new(p, settings.limits.fallback_max_concurrent_requests, true));
     Ok(Executor::new(
         Lane::new(main, settings.limits.max_concurrent_requests, false),
         fallback,

@@ -246,14 +246,19 @@ impl Broker {
         Ok(())
     }
 
-    /// A consumer on the jobs queue with manual acks and the given prefetch, on its own channel.
-    pub async fn consume_jobs(&self, prefetch: u16, tag: &str) -> anyhow::Result<(Channel, Consumer)> {
+    /// A channel for consuming jobs, with the given prefetch.
+    pub async fn jobs_channel(&self, prefetch: u16) -> anyhow::Result<Channel> {
         let channel = self.channel().await?;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await
             .context("set prefetch")?;
-        let consumer = channel
+        Ok(channel)
+    }
+
+    /// A consumer on the jobs queue with manual acks.
+    pub async fn consume_jobs(&self, channel: &Channel, tag: &str) -> anyhow::Result<Consumer> {
+        channel
             .basic_consume(
                 self.topology.jobs_queue.as_str().into(),
                 tag.into(),
@@ -261,8 +266,7 @@ impl Broker {
                 FieldTable::default(),
             )
             .await
-            .with_context(|| format!("consume {}", self.topology.jobs_queue))?;
-        Ok((channel, consumer))
+            .with_context(|| format!("consume {}", self.topology.jobs_queue))
     }
 
     /// Publishes and waits for the broker's confirm.

@@ -8,6 +8,8 @@
 //! without costing the job an attempt, and a 1302 halves the lane's limit. Quota windows and
 //! account problems pause the lane; the job waits (or moves to the fallback lane).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -25,6 +27,7 @@ const QUOTA_PAUSE_WITHOUT_TIME: Duration = Duration::from_secs(60);
 pub const RESET_MARGIN: Duration = Duration::from_secs(5);
 /// First re-probe delay for account problems (doubles up to `MAX_PROBE_DELAY`).
 pub const FIRST_PROBE_DELAY: Duration = Duration::from_secs(5);
+pub const MAX_PROBE_DELAY: Duration = Duration::from_secs(300);
 
 /// One provider with its limits.
 #[derive(Debug, Clone)]
@@ -33,6 +36,8 @@ pub struct Lane {
     pub limit: AdaptiveLimit,
     pub pause: PauseState,
     pub is_fallback: bool,
+    /// Account problems since the last successful call: each doubles the next pause.
+    strikes: Arc<AtomicU32>,
 }
 
 impl Lane {
@@ -42,7 +47,14 @@ impl Lane {
             limit: AdaptiveLimit::new(cap),
             pause: PauseState::default(),
             is_fallback,
+            strikes: Arc::new(AtomicU32::new(0)),
         }
+    }
+
+    /// 5 s, 10 s, 20 s … up to 5 minutes, by the account problems seen in a row.
+    fn account_backoff(&self) -> Duration {
+        let strikes = self.strikes.fetch_add(1, Ordering::Relaxed).min(6);
+        (FIRST_PROBE_DELAY * (1 << strikes)).min(MAX_PROBE_DELAY)
     }
 
     pub fn label(&self) -> &'static str {
@@ -95,22 +107,67 @@ pub enum JobFailure {
 pub struct Executor {
     pub main: Lane,
     pub fallback: Option<Lane>,
+    /// Which lane the last job went to, so that switches are logged once each way.
+    on_fallback: Arc<AtomicBool>,
 }
 
 impl Executor {
     pub fn new(main: Lane, fallback: Option<Lane>) -> Self {
-        Self { main, fallback }
+        Self {
+            main,
+            fallback,
+            on_fallback: Arc::default(),
+        }
     }
 
     /// The lane to use now: main unless it is paused and a usable fallback exists.
     pub fn active_lane(&self) -> Result<&Lane, Pause> {
-        match self.main.pause.current() {
-            None => Ok(&self.main),
+        let lane = match self.main.pause.current() {
+            None => &self.main,
             Some(pause) => match &self.fallback {
-                Some(fallback) if fallback.pause.current().is_none() => Ok(fallback),
-                _ => Err(pause),
+                Some(fallback) if fallback.pause.current().is_none() => fallback,
+                _ => return Err(pause),
             },
+        };
+        if self.on_fallback.swap(lane.is_fallback, Ordering::Relaxed) != lane.is_fallback {
+            let (main, fallback) = (&self.main.provider, &lane.provider);
+            if lane.is_fallback {
+                let why = self
+                    .main
+                    .pause
+                    .current()
+                    .map(|p| format!("{} (code {})", p.reason, p.code))
+                    .unwrap_or_default();
+                warn!(
+                    provider = fallback.name(),
+                    model = fallback.model(),
+                    "switching to the fallback {} {}: {} {} is paused: {why}",
+                    fallback.name(),
+                    fallback.model(),
+                    main.name(),
+                    main.model()
+                );
+            } else {
+                info!(
+                    provider = main.name(),
+                    model = main.model(),
+                    "switching back to the main provider {} {}",
+                    main.name(),
+                    main.model()
+                );
+            }
         }
+        Ok(lane)
+    }
+
+    /// Whether any lane can take a job now.
+    pub fn usable(&self) -> bool {
+        self.active_lane().is_ok()
+    }
+
+    /// The lanes, main first.
+    pub fn lanes(&self) -> impl Iterator<Item = &Lane> {
+        std::iter::once(&self.main).chain(self.fallback.as_ref())
     }
 
     /// Reviews one job on whichever lane is usable.
@@ -163,8 +220,9 @@ impl Executor {
             let slot = lane.limit.acquire().await;
             let result = lane.provider.chat(messages).await;
             drop(slot);
-            if let Err(error) = &result {
-                self.on_error(lane, error);
+            match &result {
+                Ok(_) => lane.strikes.store(0, Ordering::Relaxed),
+                Err(error) => self.on_error(lane, error),
             }
             result
         };
@@ -274,56 +332,49 @@ impl Executor {
         }
     }
 
-    /// Re-probes paused account lanes; resumes a lane whose probe succeeds. Returns the lanes
-    /// still paused for an account problem.
+    /// Re-probes lanes paused for an account problem whose next probe is due; resumes a lane
+    /// whose probe succeeds. Returns how many lanes are still waiting for a probe.
     pub async fn probe_paused(&self) -> usize {
-        let mut still = 0;
-        for lane in std::iter::once(&self.main).chain(self.fallback.as_ref()) {
-            let Some(pause) = lane.pause.current() else { continue };
-            if !pause.needs_probe || pause.until > Utc::now() {
-                still += usize::from(pause.needs_probe);
+        let mut waiting = 0;
+        for lane in self.lanes() {
+            let Some(pause) = lane.pause.current().filter(|p| p.needs_probe) else {
+                continue;
+            };
+            if pause.until > Utc::now() {
+                waiting += 1;
                 continue;
             }
+            let (name, model) = (lane.provider.name(), lane.provider.model());
             match crate::check::probe(&lane.provider).await {
                 Ok(_) => {
                     lane.pause.resume();
                     info!(
-                        provider = lane.provider.name(),
-                        model = lane.provider.model(),
+                        provider = name,
+                        model,
                         lane = lane.label(),
-                        "{} {} usable again: resuming",
-                        lane.provider.name(),
-                        lane.provider.model()
+                        "{name} {model} is usable again (probe ok): resuming"
                     );
                 }
                 Err(error) => {
-                    let waited = (pause.until - pause_started(&pause))
-                        .to_std()
-                        .unwrap_or(FIRST_PROBE_DELAY);
-                    let next = (waited * 2).clamp(FIRST_PROBE_DELAY, Duration::from_secs(300));
+                    let delay = lane.account_backoff();
                     lane.pause.pause(Pause {
-                        until: Utc::now() + next,
+                        until: Utc::now() + delay,
                         ..pause
                     });
                     warn!(
-                        provider = lane.provider.name(),
-                        model = lane.provider.model(),
+                        provider = name,
+                        model,
                         code = error.code().as_deref().unwrap_or("-"),
-                        next_probe_s = next.as_secs(),
-                        "{} still unusable: {error}",
-                        lane.provider.name()
+                        next_probe_s = delay.as_secs(),
+                        "{name} still unusable ({}): {error}",
+                        error.meaning()
                     );
-                    still += 1;
+                    waiting += 1;
                 }
             }
         }
-        still
+        waiting
     }
-}
-
-/// Account pauses do not record their start; the probe doubling only needs a rough previous delay.
-fn pause_started(pause: &Pause) -> chrono::DateTime<Utc> {
-    pause.until - chrono::Duration::from_std(FIRST_PROBE_DELAY).unwrap_or_default()
 }
 
 fn wait_for_pause(pause: &Pause) -> JobFailure {

@@ -16,6 +16,7 @@
 //! - [`review`]: one job's review, broker-free.
 //! - [`limits`]: the adaptive in-flight limit and the provider pause state.
 //! - [`executor`]: runs a review under the limits; retries; decides wait, pause or fail.
+//! - [`coordination`]: the deployment-wide side: one leader calls the provider; pause broadcasts.
 //! - [`broker`]: topology, confirmed publishing, dead letters, delay tiers.
 //! - [`worker`]: one delivery step and the consume loop with graceful shutdown.
 //! - [`app`]: builds the worker from settings; `run(settings, shutdown)`.
@@ -33,6 +34,7 @@ pub mod check;
 pub mod cli;
 pub mod context;
 pub mod contract;
+pub mod coordination;
 pub mod diff;
 pub mod executor;
 pub mod limits;

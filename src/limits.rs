@@ -146,57 +146,97 @@ pub struct Pause {
     pub needs_probe: bool,
 }
 
-/// The pause state of one provider, shared by every task of the process.
-#[derive(Debug, Clone, Default)]
+/// The pause state of one provider, shared by every task of the process; subscribers hear of
+/// every change.
+#[derive(Debug, Clone)]
 pub struct PauseState {
-    inner: Arc<(Mutex<Option<Pause>>, Notify)>,
+    tx: Arc<tokio::sync::watch::Sender<Option<Pause>>>,
+}
+
+impl Default for PauseState {
+    fn default() -> Self {
+        Self {
+            tx: Arc::new(tokio::sync::watch::Sender::new(None)),
+        }
+    }
 }
 
 impl PauseState {
-    /// Sets a pause unless one already runs at least as long.
+    /// Sets a pause unless one of the same kind already runs at least as long. Returns whether
+    /// anything changed (so that only the first of many identical answers is logged).
     pub fn pause(&self, pause: Pause) -> bool {
-        let mut current = lock(&self.inner.0);
-        if current
-            .as_ref()
-            .is_some_and(|c| c.until >= pause.until && c.needs_probe == pause.needs_probe)
-        {
-            return false;
-        }
-        *current = Some(pause);
-        true
+        self.tx.send_if_modified(|current| {
+            if current
+                .as_ref()
+                .is_some_and(|c| c.until >= pause.until && c.needs_probe == pause.needs_probe)
+            {
+                return false;
+            }
+            *current = Some(pause);
+            true
+        })
     }
 
     pub fn resume(&self) -> Option<Pause> {
-        let previous = lock(&self.inner.0).take();
-        self.inner.1.notify_waiters();
+        let mut previous = None;
+        self.tx.send_if_modified(|current| {
+            previous = current.take();
+            previous.is_some()
+        });
         previous
     }
 
     /// The pause in force, if any. A time-bound pause ends by itself.
     pub fn current(&self) -> Option<Pause> {
-        let mut current = lock(&self.inner.0);
-        if current
-            .as_ref()
-            .is_some_and(|p| !p.needs_probe && p.until <= Utc::now())
-        {
-            *current = None;
+        let current = self.tx.borrow().clone();
+        match current {
+            Some(p) if !p.needs_probe && p.until <= Utc::now() => {
+                self.tx.send_if_modified(|c| {
+                    let expired = c.as_ref().is_some_and(|c| !c.needs_probe && c.until <= Utc::now());
+                    if expired {
+                        *c = None;
+                    }
+                    expired
+                });
+                None
+            }
+            other => other,
         }
-        current.clone()
+    }
+
+    /// A receiver that wakes on every change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<Pause>> {
+        self.tx.subscribe()
     }
 
     /// Resolves when no pause is in force (time-bound pauses end at their time, account pauses
     /// when `resume` is called).
     pub async fn wait_until_clear(&self) {
+        let mut changes = self.subscribe();
         loop {
-            let notified = self.inner.1.notified();
             let Some(pause) = self.current() else { return };
-            let wait = (pause.until - Utc::now()).to_std().unwrap_or(Duration::ZERO);
             let wait = if pause.needs_probe {
-                Duration::from_secs(1)
+                Duration::from_secs(3600)
             } else {
-                wait.max(Duration::from_millis(10))
+                (pause.until - Utc::now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .max(Duration::from_millis(10))
             };
-            let _ = tokio::time::timeout(wait, notified).await;
+            let _ = tokio::time::timeout(wait, changes.changed()).await;
+        }
+    }
+
+    /// Resolves when a pause starts (or is already in force).
+    pub async fn wait_until_paused(&self) {
+        let mut changes = self.subscribe();
+        loop {
+            if self.current().is_some() {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
     }
 }

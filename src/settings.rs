@@ -39,6 +39,7 @@ struct Raw {
     api_llm_fallback_provider_model: Option<String>,
     api_llm_fallback_base_url: Option<String>,
     api_llm_fallback_api_key: Option<SecretString>,
+    api_llm_fallback_max_concurrent_requests: Option<String>,
     api_llm_timeout_ms: Option<String>,
     api_rabbitmq_uri: Option<SecretString>,
     api_rabbitmq_namespace: Option<String>,
@@ -235,6 +236,8 @@ pub struct LimitSettings {
     pub plan: Plan,
     /// Requests in flight allowed for the whole deployment.
     pub max_concurrent_requests: u32,
+    /// Requests in flight allowed on the fallback provider.
+    pub fallback_max_concurrent_requests: u32,
     /// Reviews this replica runs at once (its prefetch).
     pub worker_concurrency: u32,
 }
@@ -412,6 +415,18 @@ impl Settings {
             },
         )
         .map_or(plan.default_cap(), |n| n as u32);
+        let fallback_default = match &fallback {
+            Some(f) if f.is_coding_plan() => 1,
+            _ => DEVELOPER_DEFAULT_CAP,
+        };
+        let fallback_max_concurrent_requests = parse_number(
+            p,
+            "API_LLM_FALLBACK_MAX_CONCURRENT_REQUESTS",
+            raw.api_llm_fallback_max_concurrent_requests.as_deref(),
+            1,
+            1_000,
+        )
+        .map_or(fallback_default, |n| n as u32);
         let worker_concurrency = parse_number(
             p,
             "API_WORKER_CONCURRENCY",
@@ -509,6 +524,7 @@ impl Settings {
             limits: LimitSettings {
                 plan,
                 max_concurrent_requests,
+                fallback_max_concurrent_requests,
                 worker_concurrency,
             },
             review,

@@ -26,10 +26,18 @@ pub struct WorkerStatus {
     inner: Arc<Inner>,
 }
 
+/// This replica's part: the leader calls the provider; standbys wait to take over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Standby,
+    Leader,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     connected: AtomicBool,
     consuming: AtomicBool,
+    leader: AtomicBool,
     in_flight: AtomicU64,
     finished: AtomicU64,
 }
@@ -56,6 +64,19 @@ impl WorkerStatus {
     pub fn set_consuming(&self, consuming: bool) {
         self.inner.consuming.store(consuming, Ordering::Relaxed);
         metrics::gauge!("review_consuming").set(f64::from(u8::from(consuming)));
+    }
+
+    pub fn set_role(&self, role: Role) {
+        self.inner.leader.store(role == Role::Leader, Ordering::Relaxed);
+        metrics::gauge!("review_leader").set(f64::from(u8::from(role == Role::Leader)));
+    }
+
+    pub fn role(&self) -> Role {
+        if self.inner.leader.load(Ordering::Relaxed) {
+            Role::Leader
+        } else {
+            Role::Standby
+        }
     }
 
     pub fn connected(&self) -> bool {

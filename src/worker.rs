@@ -20,9 +20,10 @@ use tracing::{Instrument as _, error, info, info_span, warn};
 
 use crate::broker::{Broker, Envelope, headers};
 use crate::contract::{FailureKind, Job, RESULT_SCHEMA_ID, ReviewResult, Status, parse_job, rfc3339};
+use crate::coordination::Coordination;
 use crate::executor::{Completed, Executor, JobFailure};
 use crate::settings::ReviewSettings;
-use crate::status::WorkerStatus;
+use crate::status::{Role, WorkerStatus};
 
 /// What one delivery came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,43 +258,81 @@ impl Worker {
         }
     }
 
-    /// The loop: consumes until `shutdown` resolves (or the connection drops), stops consuming
-    /// at once, lets reviews in flight finish within `drain`, and leaves the rest unacked so the
-    /// broker requeues them when the channel closes.
+    /// The loop. Campaigns for leadership; while this replica leads and a provider lane is
+    /// usable, consumes jobs; stops consuming the moment every lane is paused and resumes by
+    /// itself when one is usable again (probing account problems). On `shutdown` it stops
+    /// consuming at once, lets reviews in flight finish within `drain`, leaves the rest unacked
+    /// (the broker requeues them when the channel closes) and only then hands leadership on, so
+    /// that two replicas never call the provider at once.
     pub async fn serve(
         &self,
         prefetch: u16,
         drain: Duration,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let tag = format!("review-worker-{}", std::process::id());
-        let (channel, mut consumer) = self.broker.consume_jobs(prefetch, &tag).await?;
-        self.status.set_consuming(true);
-        info!(queue = %self.broker.topology().jobs_queue, prefetch, "consuming jobs");
+        let replica = format!("review-worker-{}-{:04x}", std::process::id(), fastrand::u16(..));
+        let mut coordination = Coordination::start(&self.broker, &self.executor, &replica).await?;
+        let channel = self.broker.jobs_channel(prefetch).await?;
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
-        let ended = loop {
+
+        let ended: anyhow::Result<()> = 'serve: loop {
+            // Wait to lead, and for a usable provider.
+            if !coordination.is_leader() {
+                self.status.set_role(Role::Standby);
+                info!("standing by: another replica leads (the plan's cap holds for the whole deployment)");
+            }
             tokio::select! {
-                () = &mut shutdown => break Ok(()),
-                next = consumer.next() => match next {
-                    Some(Ok(delivery)) => {
-                        let worker = self.clone();
-                        tasks.spawn(async move { worker.process(delivery).await });
-                    }
-                    Some(Err(e)) => break Err(anyhow::Error::new(e).context("the broker connection failed")),
-                    None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
-                },
-                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Err(e) = joined {
-                        error!("a job task panicked (its job returns to the queue): {e}");
-                    }
+                () = &mut shutdown => break 'serve Ok(()),
+                led = coordination.until_leader() => if let Err(e) = led { break 'serve Err(e) },
+            }
+            self.status.set_role(Role::Leader);
+            while !self.executor.usable() {
+                self.status.set_consuming(false);
+                tokio::select! {
+                    () = &mut shutdown => break 'serve Ok(()),
+                    e = coordination.failed() => break 'serve Err(e),
+                    () = self.wait_for_usable_lane() => {}
+                    Some(joined) = tasks.join_next(), if !tasks.is_empty() => log_panic(joined),
                 }
             }
+
+            let mut consumer = self.broker.consume_jobs(&channel, &replica).await?;
+            self.status.set_consuming(true);
+            info!(queue = %self.broker.topology().jobs_queue, prefetch, cap = self.executor.main.limit.configured(), "consuming jobs");
+            let stop = loop {
+                tokio::select! {
+                    () = &mut shutdown => break Some(Ok(())),
+                    e = coordination.failed() => break Some(Err(e)),
+                    () = self.until_unusable() => break None,
+                    next = consumer.next() => match next {
+                        Some(Ok(delivery)) => {
+                            let worker = self.clone();
+                            tasks.spawn(async move { worker.process(delivery).await });
+                        }
+                        Some(Err(e)) => break Some(Err(anyhow::Error::new(e).context("the broker connection failed"))),
+                        None => break Some(Err(anyhow::anyhow!("the broker cancelled the consumer"))),
+                    },
+                    Some(joined) = tasks.join_next(), if !tasks.is_empty() => log_panic(joined),
+                }
+            };
+            self.status.set_consuming(false);
+            let _ = channel
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await;
+            // Deliveries already prefetched still arrive; they go through the usual step and,
+            // with every lane paused, back to wait in a delay tier without a provider call.
+            while let Ok(Some(Ok(delivery))) = tokio::time::timeout(Duration::from_millis(200), consumer.next()).await {
+                let worker = self.clone();
+                tasks.spawn(async move { worker.process(delivery).await });
+            }
+            if let Some(ended) = stop {
+                break 'serve ended;
+            }
+            info!("every provider lane is paused: stopped consuming until one is usable");
         };
+
         self.status.set_consuming(false);
-        let _ = channel
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
         if !tasks.is_empty() {
             info!(
                 in_flight = tasks.len(),
@@ -310,9 +349,42 @@ impl Worker {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
-        // Closing the channel hands every unacked job back to the broker.
+        // Closing the channel hands every unacked job back to the broker; leadership goes last.
         let _ = channel.close(200, "shutdown".into()).await;
+        coordination.release().await;
+        self.status.set_role(Role::Standby);
         ended
+    }
+
+    /// Returns once some lane can take a job, probing lanes paused for account problems.
+    async fn wait_for_usable_lane(&self) {
+        loop {
+            if self.executor.usable() {
+                return;
+            }
+            self.executor.probe_paused().await;
+            // Time-bound pauses end by the clock; a second is fine-grained enough against
+            // reset times that have one-second precision and a margin on top.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Returns once no lane can take a job.
+    async fn until_unusable(&self) {
+        let mut changes: Vec<_> = self.executor.lanes().map(|l| l.pause.subscribe()).collect();
+        loop {
+            if !self.executor.usable() {
+                return;
+            }
+            let waits = changes.iter_mut().map(|rx| Box::pin(rx.changed()));
+            let _ = futures_util::future::select_all(waits).await;
+        }
+    }
+}
+
+fn log_panic(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = joined {
+        error!("a job task panicked (its job returns to the queue): {e}");
     }
 }
 
