@@ -167,8 +167,17 @@ impl Broker {
         &self.connection
     }
 
-    pub fn is_connected(&self) -> bool {
-        self.connection.status().connected()
+    /// The connection and the publishing channel both work. A channel-level error (say, a
+    /// publish to an exchange someone deleted) closes the channel but not the connection.
+    pub fn is_usable(&self) -> bool {
+        self.connection.status().connected() && self.publisher.status().connected()
+    }
+
+    /// Resolves once the broker is no longer usable.
+    pub async fn until_unusable(&self) {
+        while self.is_usable() {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
     }
 
     pub async fn channel(&self) -> anyhow::Result<Channel> {

@@ -221,7 +221,10 @@ impl Executor {
             let result = lane.provider.chat(messages).await;
             drop(slot);
             match &result {
-                Ok(_) => lane.strikes.store(0, Ordering::Relaxed),
+                Ok(_) => {
+                    lane.strikes.store(0, Ordering::Relaxed);
+                    metrics::counter!("review_provider_answers_total", "provider" => lane.provider.name().to_owned(), "code" => "200").increment(1);
+                }
                 Err(error) => self.on_error(lane, error),
             }
             result

@@ -21,6 +21,7 @@
 //! - [`worker`]: one delivery step and the consume loop with graceful shutdown.
 //! - [`app`]: builds the worker from settings; `run(settings, shutdown)`.
 //! - [`check`]: the provider probe (`GET /models`).
+//! - [`health`]: `/health`, `/ready` and `/metrics`.
 //! - [`status`]: readiness flags and job metrics.
 //! - [`submit`]: publishing jobs like the API does; waiting for results.
 //! - [`sim`]: the Z.AI simulator.
@@ -37,6 +38,7 @@ pub mod contract;
 pub mod coordination;
 pub mod diff;
 pub mod executor;
+pub mod health;
 pub mod limits;
 pub mod prompt;
 pub mod provider;

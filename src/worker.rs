@@ -50,6 +50,33 @@ impl Outcome {
     }
 }
 
+/// Results reviewed but not confirmed by the broker (the connection dropped first), by job id:
+/// when the job is redelivered its result is published from here instead of reviewing it again.
+#[derive(Debug, Clone, Default)]
+pub struct PendingResults {
+    inner: Arc<std::sync::Mutex<std::collections::HashMap<String, ReviewResult>>>,
+}
+
+impl PendingResults {
+    /// Bounded so that a long outage cannot grow it without limit; past it, a redelivered job is
+    /// simply reviewed again.
+    const MAX: usize = 10_000;
+
+    fn keep(&self, result: ReviewResult) {
+        let mut map = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() < Self::MAX {
+            map.insert(result.job_id.clone(), result);
+        }
+    }
+
+    fn take(&self, job_id: &str) -> Option<ReviewResult> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(job_id)
+    }
+}
+
 /// Everything a delivery needs; cheap to clone into each job's task.
 #[derive(Debug, Clone)]
 pub struct Worker {
@@ -57,6 +84,7 @@ pub struct Worker {
     pub executor: Executor,
     pub review: ReviewSettings,
     pub status: WorkerStatus,
+    pub pending: PendingResults,
 }
 
 impl Worker {
@@ -100,6 +128,18 @@ impl Worker {
     }
 
     async fn review_job(&self, job: Job, body: &[u8], envelope: &Envelope) -> anyhow::Result<Outcome> {
+        if let Some(result) = self.pending.take(&job.job_id) {
+            if let Err(error) = self.broker.publish_result(&result, envelope).await {
+                self.pending.keep(result);
+                return Err(error.context("republish a result kept from a lost connection"));
+            }
+            info!(
+                outcome = "completed",
+                "republished the result kept from a lost connection for {}", job.job_id
+            );
+            self.status.record(Outcome::Completed.label());
+            return Ok(Outcome::Completed);
+        }
         let attempts_before = envelope.header_u64(headers::ATTEMPTS).unwrap_or(0) as u32;
         let attempt = attempts_before + 1;
         let started_at = Utc::now();
@@ -292,6 +332,7 @@ impl Worker {
                 tokio::select! {
                     () = &mut shutdown => break 'serve Ok(()),
                     e = coordination.failed() => break 'serve Err(e),
+                    () = self.broker.until_unusable() => break 'serve Err(anyhow::anyhow!("the broker connection or publishing channel closed")),
                     () = self.wait_for_usable_lane() => {}
                     Some(joined) = tasks.join_next(), if !tasks.is_empty() => log_panic(joined),
                 }
@@ -305,6 +346,7 @@ impl Worker {
                     () = &mut shutdown => break Some(Ok(())),
                     e = coordination.failed() => break Some(Err(e)),
                     () = self.until_unusable() => break None,
+                    () = self.broker.until_unusable() => break Some(Err(anyhow::anyhow!("the broker connection or publishing channel closed"))),
                     next = consumer.next() => match next {
                         Some(Ok(delivery)) => {
                             let worker = self.clone();
