@@ -18,7 +18,7 @@ pub struct Probe {
 /// configured model is reported as the 1211 it would answer at review time.
 pub async fn probe(provider: &Provider) -> Result<Probe, ProviderError> {
     let started = Instant::now();
-    let models = provider.list_models().await?;
+    let models = provider.list_models().await.map_err(ProviderError::at_probe)?;
     let latency = started.elapsed();
     let model_listed = (!models.is_empty()).then(|| models.iter().any(|m| m.eq_ignore_ascii_case(provider.model())));
     if model_listed == Some(false) {

@@ -134,6 +134,22 @@ impl ProviderError {
         classify(status, code, message)
     }
 
+    /// At the probe (a cheap `GET /models`), a 1113 "insufficient balance" is what a key sent
+    /// to the other plan's endpoint gets: say that, not "recharge".
+    pub fn at_probe(self) -> Self {
+        match self {
+            Self::Account {
+                status, code, message, ..
+            } if code.as_deref() == Some("1113") => Self::Account {
+                status,
+                code,
+                message,
+                advice: KEY_MISMATCH_ADVICE,
+            },
+            other => other,
+        }
+    }
+
     pub fn action(&self) -> Action {
         match self {
             Self::Connection { .. } | Self::Timeout(_) | Self::Server { .. } => Action::Retry,
@@ -304,6 +320,18 @@ mod tests {
         );
         assert_eq!(e.action(), Action::PauseAccount);
         assert_eq!(e.meaning(), "account unusable");
+    }
+
+    #[test]
+    fn at_the_probe_1113_means_the_key_does_not_match_the_endpoint() {
+        let e = class(
+            429,
+            "1113",
+            "Insufficient balance or no resource package. Please recharge.",
+        )
+        .at_probe();
+        assert_eq!(e.meaning(), "invalid key");
+        assert!(e.to_string().contains("Coding Plan keys work only on"));
     }
 
     #[test]

@@ -170,6 +170,11 @@ impl World {
         extra
     }
 
+    /// True when no dead letter arrives within `wait`.
+    pub async fn no_dead_letters(&mut self, wait: Duration) -> bool {
+        tokio::time::timeout(wait, self.dead.recv()).await.is_err()
+    }
+
     /// Waits until the jobs queue has `n` consumers (workers are up and consuming).
     pub async fn wait_for_consumers(&self, n: u32, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -261,6 +266,116 @@ impl Drop for World {
             });
         })
         .join();
+    }
+}
+
+/// A worker as its own process (the real binary): what `kill -9` and several replicas need.
+pub struct WorkerProcess {
+    pub child: tokio::process::Child,
+    pub health_port: u16,
+    pub log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl World {
+    /// Starts `review-worker run` with this world's settings plus `extra`.
+    pub fn spawn_process(&self, extra: &[(&str, &str)]) -> WorkerProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("worker.log");
+        let health_port = free_port();
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_review-worker"));
+        command
+            .arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in self.vars() {
+            command.env(k, v);
+        }
+        command.env("WORKER_HEALTH_PORT", health_port.to_string());
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start review-worker");
+        WorkerProcess {
+            child,
+            health_port,
+            log,
+            _dir: dir,
+        }
+    }
+}
+
+impl WorkerProcess {
+    /// `/ready`'s status code and body (`None` while the server is not up).
+    pub async fn ready(&self) -> Option<(u16, Value)> {
+        let response = reqwest::get(format!("http://127.0.0.1:{}/ready", self.health_port))
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.json().await.ok()?))
+    }
+
+    /// Polls `/ready` until `check` accepts the body.
+    pub async fn wait_ready_body(&self, timeout: Duration, check: impl Fn(u16, &Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some((status, body)) = self.ready().await {
+                if check(status, &body) {
+                    return body;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/ready never matched; last: {:?}\nlog:\n{}",
+                self.ready().await,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn is_leader(&self) -> bool {
+        matches!(self.ready().await, Some((_, body)) if body["role"] == "leader")
+    }
+
+    pub fn kill9(&mut self) {
+        let pid = self.child.id().expect("running");
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        if let Some(pid) = self.child.id() {
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
