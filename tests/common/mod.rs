@@ -333,10 +333,10 @@ impl WorkerProcess {
     pub async fn wait_ready_body(&self, timeout: Duration, check: impl Fn(u16, &Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some((status, body)) = self.ready().await {
-                if check(status, &body) {
-                    return body;
-                }
+            if let Some((status, body)) = self.ready().await
+                && check(status, &body)
+            {
+                return body;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
