@@ -356,6 +356,69 @@ mod tests {
         );
     }
 
+    fn local_provider(base: &str, timeout: Duration) -> Provider {
+        Provider::new(&ProviderSettings {
+            model: "glm-5.1".into(),
+            base_url: Url::parse(base).unwrap(),
+            api_key: SecretString::from("sk-secret"),
+            thinking: Thinking::Enabled,
+            custom_json: Map::new(),
+            timeout,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_retryable_connection_error_with_the_upstream_cause() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let p = local_provider(&format!("http://127.0.0.1:{port}/api/paas/v4/"), Duration::from_secs(5));
+        let error = p.chat(&[Message::user("hi")]).await.unwrap_err();
+        assert!(matches!(error, ProviderError::Connection { .. }), "{error:?}");
+        assert_eq!(error.action(), Action::Retry);
+        assert!(
+            error.to_string().to_lowercase().contains("refused"),
+            "the exact upstream error: {error}"
+        );
+        assert!(!error.to_string().contains("sk-secret"));
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_never_comes_is_a_retryable_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accepts and then says nothing.
+        let _silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let p = local_provider(
+            &format!("http://127.0.0.1:{port}/api/paas/v4/"),
+            Duration::from_millis(300),
+        );
+        let error = p.chat(&[Message::user("hi")]).await.unwrap_err();
+        assert!(matches!(error, ProviderError::Timeout(_)), "{error:?}");
+        assert_eq!(error.action(), Action::Retry);
+        assert_eq!(error.meaning(), "timeout");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_host_is_a_connection_error_naming_dns() {
+        let p = local_provider("http://no-such-host.invalid/api/paas/v4/", Duration::from_secs(5));
+        let error = p.chat(&[Message::user("hi")]).await.unwrap_err();
+        assert!(matches!(error, ProviderError::Connection { .. }), "{error:?}");
+        let text = error.to_string().to_lowercase();
+        assert!(
+            text.contains("dns") || text.contains("lookup") || text.contains("resolve"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn refused_and_oversized_finishes_reject_the_request() {
         for reason in ["sensitive", "model_context_window_exceeded"] {
