@@ -208,12 +208,14 @@ impl Coordination {
                     match event.pause {
                         Some(p) => {
                             if lane.pause.pause(Pause { until: p.until, code: p.code.clone(), reason: p.reason.clone(), needs_probe: p.needs_probe }) {
-                                info!(lane = %event.lane, code = %p.code, paused_until = %crate::contract::rfc3339(p.until), "the leader paused {}: {} (code {})", event.lane, p.reason, p.code);
+                                let (provider, model) = (lane.provider.name(), lane.provider.model());
+                                info!(provider, model, lane = %event.lane, code = %p.code, paused_until = %crate::contract::rfc3339(p.until), "the leader paused {provider} {model} ({}): {} (code {})", event.lane, p.reason, p.code);
                             }
                         }
                         None => {
                             if lane.pause.resume().is_some() {
-                                info!(lane = %event.lane, "the leader resumed {}", event.lane);
+                                let (provider, model) = (lane.provider.name(), lane.provider.model());
+                                info!(provider, model, lane = %event.lane, "the leader resumed {provider} {model} ({})", event.lane);
                             }
                         }
                     }

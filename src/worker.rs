@@ -401,7 +401,14 @@ impl Worker {
     /// Returns once some lane can take a job, probing lanes paused for account problems.
     async fn wait_for_usable_lane(&self) {
         loop {
-            if self.executor.usable() {
+            if let Ok(lane) = self.executor.active_lane() {
+                let (provider, model) = (lane.provider.name(), lane.provider.model());
+                info!(
+                    provider,
+                    model,
+                    lane = lane.label(),
+                    "{provider} {model} usable again: resuming consumption"
+                );
                 return;
             }
             self.executor.probe_paused().await;

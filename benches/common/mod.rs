@@ -76,30 +76,8 @@ pub(crate) async fn preload(broker: &Broker, n: usize) {
 
 /// Waits for `n` messages on `queue`; returns the time from the first to the last.
 pub(crate) async fn collect(broker: &Broker, queue: &str, n: usize) -> Duration {
-    let channel = broker.channel().await.unwrap();
-    channel.basic_qos(1000, BasicQosOptions::default()).await.unwrap();
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut first = None;
-    for _ in 0..n {
-        tokio::time::timeout(Duration::from_secs(120), consumer.next())
-            .await
-            .expect("results keep coming")
-            .unwrap()
-            .unwrap();
-        first.get_or_insert_with(Instant::now);
-    }
-    first.unwrap().elapsed()
+    let times = arrivals(broker, queue, n, Duration::from_secs(120)).await;
+    times[n - 1] - times[0]
 }
 
 pub(crate) fn peak_rss_kib(pid: u32) -> Option<u64> {

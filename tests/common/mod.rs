@@ -58,6 +58,7 @@ pub fn json_properties() -> BasicProperties {
 }
 
 pub struct World {
+    pub uri: String,
     pub namespace: String,
     pub topology: Topology,
     pub sim: SimHandle,
@@ -73,10 +74,15 @@ impl World {
     }
 
     pub async fn with_sim(test: &str, sim: SimHandle) -> World {
+        Self::on_broker(test, sim, amqp_uri()).await
+    }
+
+    /// A world on a broker of the test's own (a private node it starts and stops).
+    pub async fn on_broker(test: &str, sim: SimHandle, uri: String) -> World {
         let namespace = namespace(test);
         let topology = Topology::with_namespace(&namespace);
         let settings = Settings::from_vars([
-            ("API_RABBITMQ_URI", amqp_uri().as_str()),
+            ("API_RABBITMQ_URI", uri.as_str()),
             ("API_RABBITMQ_NAMESPACE", namespace.as_str()),
         ])
         .unwrap();
@@ -90,6 +96,7 @@ impl World {
         .await;
         let dead = drain_queue(&broker, &topology.dead_queue, |data, headers| (data, headers)).await;
         World {
+            uri,
             namespace,
             topology,
             sim,
@@ -103,7 +110,7 @@ impl World {
     /// Settings for a worker in this world, pointed at the simulator's Coding Plan endpoint.
     pub fn vars(&self) -> Vec<(String, String)> {
         let mut vars = vec![
-            ("API_RABBITMQ_URI".to_owned(), amqp_uri()),
+            ("API_RABBITMQ_URI".to_owned(), self.uri.clone()),
             ("API_RABBITMQ_NAMESPACE".to_owned(), self.namespace.clone()),
             ("API_LLM_PROVIDER_MODEL".to_owned(), "glm-5.1".to_owned()),
             ("API_OPENAI_FORCE_BASE_URL".to_owned(), self.sim.coding_base_url()),
@@ -160,6 +167,23 @@ impl World {
         take(&mut self.dead, n, timeout, "dead letters").await
     }
 
+    /// Re-subscribes to the results queue (after a broker restart killed the first consumer).
+    pub async fn resubscribe(&mut self) {
+        let settings = Settings::from_vars([
+            ("API_RABBITMQ_URI", self.uri.as_str()),
+            ("API_RABBITMQ_NAMESPACE", self.namespace.as_str()),
+        ])
+        .unwrap();
+        self.broker = Broker::connect(&settings.broker, "test")
+            .await
+            .expect("the broker is back");
+        self.results = drain_queue(&self.broker, &self.topology.results_queue, |data, _| {
+            serde_json::from_slice(&data).expect("a result is JSON")
+        })
+        .await;
+        self.dead = drain_queue(&self.broker, &self.topology.dead_queue, |data, headers| (data, headers)).await;
+    }
+
     /// Whatever else arrives within `wait`: to prove nothing more came.
     pub async fn no_more_results(&mut self, wait: Duration) -> Vec<Value> {
         let mut extra = Vec::new();
@@ -179,26 +203,13 @@ impl World {
     pub async fn wait_for_consumers(&self, n: u32, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let channel = self.broker.channel().await.unwrap();
-            let q = channel
-                .queue_declare(
-                    self.topology.jobs_queue.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .unwrap();
-            let _ = channel.close(200, "".into()).await;
-            if q.consumer_count() >= n {
+            let (_, consumers) = self.queue_counts(&self.topology.jobs_queue).await;
+            if consumers >= n {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "only {} of {n} consumers within {timeout:?}",
-                q.consumer_count()
+                "only {consumers} of {n} consumers within {timeout:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -206,6 +217,11 @@ impl World {
 
     /// Ready messages in one of this world's queues.
     pub async fn queue_len(&self, queue: &str) -> u32 {
+        self.queue_counts(queue).await.0
+    }
+
+    /// Ready messages and consumers of a queue (a passive declare).
+    async fn queue_counts(&self, queue: &str) -> (u32, u32) {
         let channel = self.broker.channel().await.unwrap();
         let q = channel
             .queue_declare(
@@ -219,7 +235,7 @@ impl World {
             .await
             .unwrap();
         let _ = channel.close(200, "".into()).await;
-        q.message_count()
+        (q.message_count(), q.consumer_count())
     }
 }
 
@@ -227,13 +243,14 @@ impl Drop for World {
     /// Deletes the namespace's queues and exchanges, even when the test panicked.
     fn drop(&mut self) {
         let topology = self.topology.clone();
+        let uri = self.uri.clone();
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             runtime.block_on(async move {
-                let Ok(connection) = Connection::connect(&amqp_uri(), ConnectionProperties::default()).await else {
+                let Ok(connection) = Connection::connect(&uri, ConnectionProperties::default()).await else {
                     return;
                 };
                 let Ok(channel) = connection.create_channel().await else {
