@@ -16,7 +16,7 @@ use crate::diff::{FileDiff, LineKind};
 
 /// The suggestions that made it, with counts for logs and metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Anchored {
+pub(crate) struct Anchored {
     /// Most severe first.
     pub suggestions: Vec<Suggestion>,
     /// Raw suggestions not in `suggestions`, for any reason: unknown file, no changed line near,
@@ -32,7 +32,7 @@ pub struct Anchored {
 const NEAR_LINES: i64 = 3;
 
 /// Anchors `raw` to the changed lines of `files` and applies `options`' severity floor and limit.
-pub fn anchor(raw: Vec<RawSuggestion>, files: &[FileDiff], options: &ReviewOptions) -> Anchored {
+pub(crate) fn anchor(raw: Vec<RawSuggestion>, files: &[FileDiff], options: &ReviewOptions) -> Anchored {
     let total = raw.len();
     let added: Vec<AddedLines<'_>> = files.iter().map(AddedLines::of).collect();
     let mut kept: Vec<Placed> = raw

@@ -13,7 +13,7 @@ use crate::contract::Severity;
 
 /// One suggestion as the model gave it, before it is checked against the diff.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawSuggestion {
+pub(crate) struct RawSuggestion {
     pub file: String,
     pub line_start: i64,
     pub line_end: Option<i64>,
@@ -27,7 +27,7 @@ pub struct RawSuggestion {
 
 /// What the model answered, read leniently.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ModelReview {
+pub(crate) struct ModelReview {
     pub summary: Option<String>,
     pub suggestions: Vec<RawSuggestion>,
     /// Suggestions left out because they lacked a file, a line or a body.
@@ -36,7 +36,7 @@ pub struct ModelReview {
 
 /// Why an answer could not be read as a review.
 #[derive(Debug, thiserror::Error)]
-pub enum AnswerError {
+pub(crate) enum AnswerError {
     #[error("the model answered nothing: no content and no tool call")]
     Empty,
     #[error("the model's answer contains no JSON: \"{excerpt}\"")]
@@ -72,7 +72,7 @@ const EXCERPT_CHARS: usize = 200;
 ///
 /// Tool-call arguments win when one of them holds a review; otherwise the content is read. An
 /// answer with neither content nor tool call is [`AnswerError::Empty`].
-pub fn parse_answer(content: Option<&str>, tool_call_arguments: &[&str]) -> Result<ModelReview, AnswerError> {
+pub(crate) fn parse_answer(content: Option<&str>, tool_call_arguments: &[&str]) -> Result<ModelReview, AnswerError> {
     let mut tool_error = None;
     for arguments in tool_call_arguments.iter().filter(|a| !a.trim().is_empty()) {
         match review_in_text(arguments) {
@@ -97,7 +97,7 @@ pub fn parse_answer(content: Option<&str>, tool_call_arguments: &[&str]) -> Resu
 }
 
 /// The follow-up user message for the one repair attempt after `error`.
-pub fn repair_instruction(error: &AnswerError) -> String {
+pub(crate) fn repair_instruction(error: &AnswerError) -> String {
     let problem = match error {
         AnswerError::Empty => "Your previous answer was empty.",
         AnswerError::NoJson { .. } => "Your previous answer contained no JSON object.",

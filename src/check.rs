@@ -7,7 +7,7 @@ use crate::provider::{Provider, ProviderError};
 
 /// What a successful probe found.
 #[derive(Debug, Clone)]
-pub struct Probe {
+pub(crate) struct Probe {
     pub latency: Duration,
     pub models: Vec<String>,
     /// Whether the endpoint lists the configured model (some proxies list none: then `None`).
@@ -16,7 +16,7 @@ pub struct Probe {
 
 /// Lists the models with the configured key. An endpoint that answers but does not list the
 /// configured model is reported as the 1211 it would answer at review time.
-pub async fn probe(provider: &Provider) -> Result<Probe, ProviderError> {
+pub(crate) async fn probe(provider: &Provider) -> Result<Probe, ProviderError> {
     let started = Instant::now();
     let models = provider.list_models().await.map_err(ProviderError::at_probe)?;
     let latency = started.elapsed();

@@ -29,7 +29,7 @@ use crate::diff::{FileDiff, FileStatus, render_for_prompt};
 /// Over-estimating costs a job (the provider rejects the request as too long:
 /// `provider_rejected`), under-estimating only leaves a few more files out, so the lower figure
 /// wins.
-pub fn context_window(model: &str) -> u32 {
+pub(crate) fn context_window(model: &str) -> u32 {
     // Longest prefixes first: several names are prefixes of others.
     const WINDOWS: &[(&str, u32)] = &[
         ("glm-5-turbo", 200_000),
@@ -61,7 +61,7 @@ pub fn context_window(model: &str) -> u32 {
 /// GLM's tokenizer averages closer to four characters per token on English and code, and about
 /// one token per CJK character or so. Guessing high only leaves a little of the window unused;
 /// guessing low sends a request the provider rejects as too long, which fails the job.
-pub fn estimate_tokens(text: &str) -> usize {
+pub(crate) fn estimate_tokens(text: &str) -> usize {
     let ascii = text.bytes().filter(u8::is_ascii).count();
     let other = text.chars().count() - ascii;
     ascii.div_ceil(3) + other
@@ -69,7 +69,7 @@ pub fn estimate_tokens(text: &str) -> usize {
 
 /// Why a file stays out of the prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SkipReason {
+pub(crate) enum SkipReason {
     /// Matched one of the job's `ignore_paths`.
     Ignored,
     Lockfile,
@@ -80,22 +80,6 @@ pub enum SkipReason {
     Generated,
     /// A deleted file has no new lines for a suggestion to point at.
     Removed,
-    /// Not even its first hunk fitted in the budget (set by [`fit`] only).
-    TooLarge,
-}
-
-impl SkipReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ignored => "ignored",
-            Self::Lockfile => "lockfile",
-            Self::Binary => "binary",
-            Self::Vendored => "vendored",
-            Self::Generated => "generated",
-            Self::Removed => "removed",
-            Self::TooLarge => "too_large",
-        }
-    }
 }
 
 const LOCKFILES: &[&str] = &[
@@ -165,7 +149,7 @@ const GENERATED_SUFFIXES: &[&str] = &[
 ///
 /// Besides names and paths, a file whose first lines say it is generated (Go's
 /// `Code generated … DO NOT EDIT`, `@generated`) counts as generated.
-pub fn skip_reason(file: &FileDiff, ignore: &GlobSet) -> Option<SkipReason> {
+pub(crate) fn skip_reason(file: &FileDiff, ignore: &GlobSet) -> Option<SkipReason> {
     let path = file.path.as_str();
     let name = file_name(path);
     let lower_name = name.to_ascii_lowercase();
@@ -207,7 +191,7 @@ fn says_generated(file: &FileDiff) -> bool {
 
 /// Why the job's `ignore_paths` cannot be used; the job is then `invalid_job`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ContextError {
+pub(crate) enum ContextError {
     #[error("ignore_paths: {pattern:?} is not a valid glob: {reason}")]
     BadGlob { pattern: String, reason: String },
     #[error("ignore_paths: the patterns together are too complex: {reason}")]
@@ -223,7 +207,7 @@ pub enum ContextError {
 /// - `*` and `?` stay within one path segment, `**` crosses segments, `{a,b}` and `[ab]` work.
 ///
 /// Empty patterns are ignored. Matching is case-sensitive, like git's.
-pub fn build_ignore_set(patterns: &[String]) -> Result<GlobSet, ContextError> {
+pub(crate) fn build_ignore_set(patterns: &[String]) -> Result<GlobSet, ContextError> {
     let mut builder = GlobSetBuilder::new();
     for pattern in patterns {
         let trimmed = pattern.trim();
@@ -255,7 +239,7 @@ pub fn build_ignore_set(patterns: &[String]) -> Result<GlobSet, ContextError> {
 
 /// What goes into the prompt.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Fitted {
+pub(crate) struct Fitted {
     /// In rank order, some possibly cut to their leading hunks.
     pub files: Vec<FileDiff>,
     /// Paths left out entirely: first the files [`skip_reason`] rejects (input order), then those
@@ -275,7 +259,7 @@ pub struct Fitted {
 /// a class more added lines first; ties by path) and taken in that order while their rendering
 /// fits. A file that does not fit whole keeps its leading hunks that do (hunks are never split);
 /// a file of which no hunk fits is left out. Later, smaller files still get their chance.
-pub fn fit(files: Vec<FileDiff>, ignore: &GlobSet, budget_tokens: usize) -> Fitted {
+pub(crate) fn fit(files: Vec<FileDiff>, ignore: &GlobSet, budget_tokens: usize) -> Fitted {
     let mut fitted = Fitted::default();
     let mut candidates = Vec::with_capacity(files.len());
     for file in files {

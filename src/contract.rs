@@ -21,8 +21,8 @@ static JOB_SCHEMA: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
         .expect("the bundled job schema compiles")
 });
 
-pub const JOB_SCHEMA_ID: &str = "review-job/v1";
-pub const RESULT_SCHEMA_ID: &str = "review-result/v1";
+pub(crate) const JOB_SCHEMA_ID: &str = "review-job/v1";
+pub(crate) const RESULT_SCHEMA_ID: &str = "review-result/v1";
 
 /// A PR-review job as the producer publishes it (`review-job.v1.schema.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -271,12 +271,12 @@ impl ReviewResult {
 }
 
 /// Timestamps in results are RFC 3339 in UTC with second precision, like the contract's example.
-pub fn rfc3339(at: DateTime<Utc>) -> String {
+pub(crate) fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 /// Error texts go into a header and a JSON field that operators read line by line.
-pub fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     let mut line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if line.len() > 1000 {
         let mut cut = 1000;
@@ -291,7 +291,7 @@ pub fn one_line(text: &str) -> String {
 
 /// Why a message body is not a job we can review.
 #[derive(Debug, thiserror::Error)]
-pub enum InvalidJob {
+pub(crate) enum InvalidJob {
     #[error("job body is {size} bytes, more than the {limit} bytes allowed (API_REVIEW_MAX_JOB_BYTES)")]
     TooLarge { size: usize, limit: usize },
     #[error("job body is not UTF-8: {0}")]
@@ -302,15 +302,9 @@ pub enum InvalidJob {
     Schema(String),
 }
 
-impl InvalidJob {
-    pub fn kind(&self) -> FailureKind {
-        FailureKind::InvalidJob
-    }
-}
-
 /// Parses and validates a job body. On failure, also returns the `job_id` when one can be read,
 /// so that the producer still hears about its job.
-pub fn parse_job(body: &[u8], max_bytes: usize) -> Result<Job, (InvalidJob, Option<String>)> {
+pub(crate) fn parse_job(body: &[u8], max_bytes: usize) -> Result<Job, (InvalidJob, Option<String>)> {
     if body.len() > max_bytes {
         // Too large to parse safely; a cheap scan may still find the id near the start.
         return Err((

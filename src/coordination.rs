@@ -64,7 +64,7 @@ struct WirePause {
 
 /// This replica's part in the deployment: whether it leads, and the tasks that keep it so.
 #[derive(Debug)]
-pub struct Coordination {
+pub(crate) struct Coordination {
     leader: watch::Receiver<bool>,
     tasks: JoinSet<anyhow::Result<()>>,
     /// Kept open while leading: closing it hands leadership on.
@@ -74,7 +74,7 @@ pub struct Coordination {
 impl Coordination {
     /// Declares the leader queue and control exchange, campaigns for leadership and starts
     /// relaying pauses. Fails when the broker refuses; later failures surface in `failed`.
-    pub async fn start(broker: &Arc<Broker>, executor: &Executor, replica: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn start(broker: &Arc<Broker>, executor: &Executor, replica: &str) -> anyhow::Result<Self> {
         let topology = broker.topology();
         let leader_queue = topology.own("leader");
         let control = topology.own("control");
@@ -265,12 +265,12 @@ impl Coordination {
         })
     }
 
-    pub fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         *self.leader.borrow()
     }
 
     /// Resolves when this replica becomes the leader.
-    pub async fn until_leader(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn until_leader(&mut self) -> anyhow::Result<()> {
         while !*self.leader.borrow_and_update() {
             tokio::select! {
                 changed = self.leader.changed() => changed.context("leadership watch closed")?,
@@ -281,13 +281,13 @@ impl Coordination {
     }
 
     /// Resolves with the error when any coordination task fails (the connection is gone).
-    pub async fn failed(&mut self) -> anyhow::Error {
+    pub(crate) async fn failed(&mut self) -> anyhow::Error {
         let joined = self.tasks.join_next().await;
         task_error(joined)
     }
 
     /// Gives up leadership (after the reviews in flight are done) and stops the tasks.
-    pub async fn release(mut self) {
+    pub(crate) async fn release(mut self) {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
         let _ = self.leader_channel.close(200, "leaving".into()).await;

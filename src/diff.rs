@@ -11,7 +11,7 @@ use crate::contract::{FileStatusHint, JobFile};
 
 /// Why a diff could not be read. Both mean the job is unusable (`invalid_job`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DiffError {
+pub(crate) enum DiffError {
     #[error("the diff has no file sections (no `diff --git` or `---`/`+++` headers)")]
     NoFiles,
     #[error("unreadable hunk header {line:?}")]
@@ -20,7 +20,7 @@ pub enum DiffError {
 
 /// What happened to a file in the PR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileStatus {
+pub(crate) enum FileStatus {
     Added,
     Modified,
     Removed,
@@ -28,7 +28,7 @@ pub enum FileStatus {
 }
 
 impl FileStatus {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Added => "added",
             Self::Modified => "modified",
@@ -39,7 +39,7 @@ impl FileStatus {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LineKind {
+pub(crate) enum LineKind {
     Context,
     Added,
     Removed,
@@ -47,7 +47,7 @@ pub enum LineKind {
 
 /// One line of a hunk, without its `+`/`-`/` ` marker and without a trailing `\r`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiffLine {
+pub(crate) struct DiffLine {
     pub kind: LineKind,
     pub text: String,
     /// Line number in the new file (context and added lines).
@@ -57,7 +57,7 @@ pub struct DiffLine {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hunk {
+pub(crate) struct Hunk {
     pub old_start: u32,
     pub old_lines: u32,
     pub new_start: u32,
@@ -68,7 +68,7 @@ pub struct Hunk {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileDiff {
+pub(crate) struct FileDiff {
     /// Path in the new tree (for a removed file, the old path).
     pub path: String,
     /// Path before a rename.
@@ -81,7 +81,7 @@ pub struct FileDiff {
 
 impl FileDiff {
     /// New-file line numbers of the lines this diff added: where suggestions may point.
-    pub fn changed_lines(&self) -> BTreeSet<u32> {
+    pub(crate) fn changed_lines(&self) -> BTreeSet<u32> {
         self.hunks
             .iter()
             .flat_map(|h| &h.lines)
@@ -90,12 +90,8 @@ impl FileDiff {
             .collect()
     }
 
-    pub fn added_line_count(&self) -> usize {
+    pub(crate) fn added_line_count(&self) -> usize {
         self.count_lines(LineKind::Added)
-    }
-
-    pub fn removed_line_count(&self) -> usize {
-        self.count_lines(LineKind::Removed)
     }
 
     fn count_lines(&self, kind: LineKind) -> usize {
@@ -109,7 +105,7 @@ impl FileDiff {
 
 impl Hunk {
     /// The `@@` line, rebuilt from the parsed numbers so that it always agrees with the body.
-    pub fn header(&self) -> String {
+    pub(crate) fn header(&self) -> String {
         let mut header = format!(
             "@@ -{},{} +{},{} @@",
             self.old_start, self.old_lines, self.new_start, self.new_lines
@@ -123,7 +119,7 @@ impl Hunk {
 
     /// The hunk as [`render_for_prompt`] shows it: the header, then one numbered line per diff
     /// line, each ending with `\n`.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = self.header();
         out.push('\n');
         for line in &self.lines {
@@ -163,7 +159,7 @@ impl Hunk {
 ///   lines, and `marker` is `' '`, `'+'` or `'-'`.
 /// - Lines are joined with `\n` and the text ends with `\n`. A file without hunks (binary,
 ///   mode-only) is its first line alone.
-pub fn render_for_prompt(file: &FileDiff) -> String {
+pub(crate) fn render_for_prompt(file: &FileDiff) -> String {
     let mut out = match (file.status, &file.old_path) {
         (FileStatus::Renamed, Some(old_path)) => {
             format!("=== FILE: {} (renamed from {old_path})\n", file.path)
@@ -182,7 +178,7 @@ pub fn render_for_prompt(file: &FileDiff) -> String {
 /// file section is [`DiffError::NoFiles`]. Lines outside file sections (mail headers, commit
 /// messages, `diff -r` chatter) are skipped. Paths lose git's `a/` and `b/` prefixes; a plain
 /// diff's other prefixes (`old/`, `new/`) are kept as they are.
-pub fn parse_unified(text: &str) -> Result<Vec<FileDiff>, DiffError> {
+pub(crate) fn parse_unified(text: &str) -> Result<Vec<FileDiff>, DiffError> {
     let lines: Vec<&str> = split_lines(text).collect();
     let mut files = Vec::new();
     let mut section: Option<Section> = None;
@@ -245,7 +241,7 @@ pub fn parse_unified(text: &str) -> Result<Vec<FileDiff>, DiffError> {
 /// or mode-only change). The status comes from the entry's hint; a `previous_path` that differs
 /// from `path` makes it a rename; without a hint, a lone `@@ -0,0` hunk means added and a lone
 /// `+0,0` hunk means removed, anything else modified.
-pub fn from_job_files(files: &[JobFile]) -> Result<Vec<FileDiff>, DiffError> {
+pub(crate) fn from_job_files(files: &[JobFile]) -> Result<Vec<FileDiff>, DiffError> {
     files.iter().map(from_job_file).collect()
 }
 
@@ -665,7 +661,7 @@ index 1111111..2222222 100644
             ]
         );
         assert_eq!(file.changed_lines().into_iter().collect::<Vec<_>>(), [11, 12]);
-        assert_eq!((file.added_line_count(), file.removed_line_count()), (2, 1));
+        assert_eq!((file.added_line_count(), file.count_lines(LineKind::Removed)), (2, 1));
     }
 
     #[test]
@@ -718,7 +714,7 @@ diff --git a/b.txt b/b.txt
         assert_eq!(file.status, FileStatus::Removed);
         assert_eq!(file.path, "old.rs");
         assert!(file.changed_lines().is_empty());
-        assert_eq!(file.removed_line_count(), 2);
+        assert_eq!(file.count_lines(LineKind::Removed), 2);
         assert_eq!(file.hunks[0].lines[1].old_line, Some(2));
     }
 

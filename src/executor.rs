@@ -24,10 +24,10 @@ use crate::review::{self, Review, ReviewError};
 /// After a quota answer without a reset time, pause this long (capped backoff).
 const QUOTA_PAUSE_WITHOUT_TIME: Duration = Duration::from_secs(60);
 /// Margin after a window's announced reset: the reset time has second precision and clocks drift.
-pub const RESET_MARGIN: Duration = Duration::from_secs(5);
+pub(crate) const RESET_MARGIN: Duration = Duration::from_secs(5);
 /// First re-probe delay for account problems (doubles up to `MAX_PROBE_DELAY`).
-pub const FIRST_PROBE_DELAY: Duration = Duration::from_secs(5);
-pub const MAX_PROBE_DELAY: Duration = Duration::from_secs(300);
+pub(crate) const FIRST_PROBE_DELAY: Duration = Duration::from_secs(5);
+pub(crate) const MAX_PROBE_DELAY: Duration = Duration::from_secs(300);
 
 /// One provider with its limits.
 #[derive(Debug, Clone)]
@@ -179,7 +179,7 @@ impl Executor {
                 Ok(lane) => lane,
                 Err(pause) => return Err(wait_for_pause(&pause)),
             };
-            let prepared = review::prepare(job, lane.provider.model()).map_err(fail)?;
+            let prepared = review::prepare(job, lane.provider.model()).map_err(provider_failure)?;
             let outcome = review::run(job, prepared, &LaneCall { executor: self, lane }).await;
             match outcome {
                 Ok(review) => {
@@ -412,18 +412,7 @@ fn paused_error(pause: &Pause) -> ProviderError {
     }
 }
 
-fn fail(error: ReviewError) -> JobFailure {
-    match error {
-        ReviewError::InvalidJob(message) => JobFailure::Fail {
-            kind: FailureKind::InvalidJob,
-            message,
-            usage: Usage::default(),
-        },
-        other => provider_failure(other),
-    }
-}
-
-/// What a failed review means for the job.
+/// What a failed review means for the job: fail it for good, or let it wait.
 fn provider_failure(error: ReviewError) -> JobFailure {
     match error {
         ReviewError::InvalidJob(message) => JobFailure::Fail {

@@ -21,7 +21,7 @@ use crate::status::{Role, WorkerStatus};
 const LATENCY_BUCKETS: &[f64] = &[0.05, 0.25, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
 
 /// The process-wide Prometheus recorder (one per process; tests run several workers in one).
-pub fn metrics_handle() -> PrometheusHandle {
+pub(crate) fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
@@ -48,7 +48,7 @@ struct Shared {
 }
 
 /// Whether this replica is ready, and the JSON that says so.
-pub fn readiness(status: &WorkerStatus, executor: &Executor) -> (bool, Value) {
+pub(crate) fn readiness(status: &WorkerStatus, executor: &Executor) -> (bool, Value) {
     let role = match status.role() {
         Role::Leader => "leader",
         Role::Standby => "standby",
@@ -132,7 +132,7 @@ async fn render_metrics(State(shared): State<Shared>) -> Response {
 }
 
 /// Serves until `shutdown` resolves.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     status: WorkerStatus,
     executor: Executor,

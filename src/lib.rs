@@ -27,26 +27,26 @@
 //! - [`sim`]: the Z.AI simulator.
 //! - [`cli`], [`shutdown`]: the command line and the process's signals.
 
-pub mod anchor;
-pub mod answer;
+pub(crate) mod anchor;
+pub(crate) mod answer;
 pub mod app;
 pub mod broker;
-pub mod check;
+pub(crate) mod check;
 pub mod cli;
-pub mod context;
-pub mod contract;
-pub mod coordination;
-pub mod diff;
-pub mod executor;
-pub mod health;
-pub mod limits;
-pub mod prompt;
-pub mod provider;
-pub mod review;
+pub(crate) mod context;
+pub(crate) mod contract;
+pub(crate) mod coordination;
+pub(crate) mod diff;
+pub(crate) mod executor;
+pub(crate) mod health;
+pub(crate) mod limits;
+pub(crate) mod prompt;
+pub(crate) mod provider;
+pub(crate) mod review;
 pub mod settings;
 pub mod shutdown;
 pub mod sim;
-pub mod status;
-pub mod submit;
+pub(crate) mod status;
+pub(crate) mod submit;
 pub mod telemetry;
-pub mod worker;
+pub(crate) mod worker;

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 /// How long without a 1302 before the limit grows by one again.
-pub const QUIET_PERIOD: Duration = Duration::from_secs(30);
+pub(crate) const QUIET_PERIOD: Duration = Duration::from_secs(30);
 
 /// A limit on calls in flight whose size changes at run time.
 #[derive(Debug, Clone)]

@@ -24,7 +24,7 @@ Answer with ONE JSON object and nothing else, exactly of this shape:
 Use an empty suggestions array when there is nothing worth reporting.";
 
 /// Builds the messages for one review.
-pub fn build_messages(job: &Job, fitted: &Fitted) -> Vec<Message> {
+pub(crate) fn build_messages(job: &Job, fitted: &Fitted) -> Vec<Message> {
     let mut system = SYSTEM.to_owned();
     if let Some(language) = job.options.language.as_deref().filter(|l| !l.trim().is_empty()) {
         system.push_str(&format!(

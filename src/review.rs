@@ -7,14 +7,14 @@ use std::time::Duration;
 use crate::anchor::anchor;
 use crate::answer::{parse_answer, repair_instruction};
 use crate::context::{Fitted, build_ignore_set, context_window, estimate_tokens, fit};
-use crate::contract::{FailureKind, Job, Suggestion, Usage};
+use crate::contract::{Job, Suggestion, Usage};
 use crate::diff::{FileDiff, from_job_files, parse_unified};
 use crate::prompt::build_messages;
 use crate::provider::{ChatAnswer, Message, ProviderError};
 
 /// A job ready to send: what fits the model's window, and the messages.
 #[derive(Debug)]
-pub struct Prepared {
+pub(crate) struct Prepared {
     pub fitted: Fitted,
     pub messages: Vec<Message>,
 }
@@ -32,7 +32,7 @@ pub struct Review {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ReviewError {
+pub(crate) enum ReviewError {
     /// The job itself cannot be reviewed (a diff that is no diff, a bad glob).
     #[error("{0}")]
     InvalidJob(String),
@@ -42,25 +42,13 @@ pub enum ReviewError {
     BadModelOutput { message: String, usage: Usage },
 }
 
-impl ReviewError {
-    /// The failure kind when this error fails the job for good; `None` when it is the provider's
-    /// and the executor decides.
-    pub fn failure_kind(&self) -> Option<FailureKind> {
-        match self {
-            Self::InvalidJob(_) => Some(FailureKind::InvalidJob),
-            Self::BadModelOutput { .. } => Some(FailureKind::BadModelOutput),
-            Self::Provider(_) => None,
-        }
-    }
-}
-
 /// Room kept in the window for the answer (and the model's reasoning, which counts as output).
 fn output_reserve(window: usize) -> usize {
     (window / 4).min(32_768)
 }
 
 /// Parses the job's diff and fits it, with the prompt around it, into the model's window.
-pub fn prepare(job: &Job, model: &str) -> Result<Prepared, ReviewError> {
+pub(crate) fn prepare(job: &Job, model: &str) -> Result<Prepared, ReviewError> {
     let files: Vec<FileDiff> = if job.files.is_empty() {
         parse_unified(&job.diff)
     } else {
@@ -94,12 +82,12 @@ pub fn prepare(job: &Job, model: &str) -> Result<Prepared, ReviewError> {
 
 /// How a review reaches the model: the executor puts retries, limits and the fallback behind
 /// it; tests answer directly.
-pub trait ModelCall: Sync {
+pub(crate) trait ModelCall: Sync {
     fn call(&self, messages: &[Message]) -> impl Future<Output = Result<ChatAnswer, ProviderError>> + Send;
 }
 
 /// Runs the review: one call, one repair call if the answer cannot be read, then anchoring.
-pub async fn run(job: &Job, prepared: Prepared, model: &impl ModelCall) -> Result<Review, ReviewError> {
+pub(crate) async fn run(job: &Job, prepared: Prepared, model: &impl ModelCall) -> Result<Review, ReviewError> {
     let Prepared { fitted, mut messages } = prepared;
     let mut usage = Usage::default();
     let mut model_time = Duration::ZERO;
@@ -234,7 +222,7 @@ mod tests {
         let job = job();
         let model = Scripted::new(&["no json", "still no json"]);
         let error = run(&job, prepare(&job, "glm-5.1").unwrap(), &model).await.unwrap_err();
-        assert_eq!(error.failure_kind(), Some(FailureKind::BadModelOutput));
+        assert!(matches!(error, ReviewError::BadModelOutput { .. }), "{error:?}");
     }
 
     #[tokio::test]
@@ -252,14 +240,8 @@ mod tests {
     fn a_diff_that_is_not_a_diff_is_an_invalid_job() {
         let mut job = job();
         job.diff = "this is not a diff".into();
-        assert_eq!(
-            prepare(&job, "glm-5.1").unwrap_err().failure_kind(),
-            Some(FailureKind::InvalidJob)
-        );
+        assert!(matches!(prepare(&job, "glm-5.1"), Err(ReviewError::InvalidJob(_))));
         job.diff = "   \n".into();
-        assert_eq!(
-            prepare(&job, "glm-5.1").unwrap_err().failure_kind(),
-            Some(FailureKind::InvalidJob)
-        );
+        assert!(matches!(prepare(&job, "glm-5.1"), Err(ReviewError::InvalidJob(_))));
     }
 }

@@ -10,7 +10,7 @@ use crate::executor::Completed;
 
 /// Pay-per-token prices (USD per million input / output tokens) from the product document's
 /// table, used to show what the Coding Plan saved. Unknown models count as glm-5.1.
-pub fn price_per_million(model: &str) -> (f64, f64) {
+pub(crate) fn price_per_million(model: &str) -> (f64, f64) {
     let model = model.to_ascii_lowercase();
     if model.starts_with("glm-4.5") {
         (0.60, 2.20)
@@ -22,13 +22,13 @@ pub fn price_per_million(model: &str) -> (f64, f64) {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct WorkerStatus {
+pub(crate) struct WorkerStatus {
     inner: Arc<Inner>,
 }
 
 /// This replica's part: the leader calls the provider; standbys wait to take over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     Standby,
     Leader,
 }
@@ -44,7 +44,7 @@ struct Inner {
 
 /// Marks a review in flight until dropped.
 #[derive(Debug)]
-pub struct InFlight {
+pub(crate) struct InFlight {
     inner: Arc<Inner>,
 }
 
@@ -56,22 +56,22 @@ impl Drop for InFlight {
 }
 
 impl WorkerStatus {
-    pub fn set_connected(&self, connected: bool) {
+    pub(crate) fn set_connected(&self, connected: bool) {
         self.inner.connected.store(connected, Ordering::Relaxed);
         metrics::gauge!("review_broker_connected").set(f64::from(u8::from(connected)));
     }
 
-    pub fn set_consuming(&self, consuming: bool) {
+    pub(crate) fn set_consuming(&self, consuming: bool) {
         self.inner.consuming.store(consuming, Ordering::Relaxed);
         metrics::gauge!("review_consuming").set(f64::from(u8::from(consuming)));
     }
 
-    pub fn set_role(&self, role: Role) {
+    pub(crate) fn set_role(&self, role: Role) {
         self.inner.leader.store(role == Role::Leader, Ordering::Relaxed);
         metrics::gauge!("review_leader").set(f64::from(u8::from(role == Role::Leader)));
     }
 
-    pub fn role(&self) -> Role {
+    pub(crate) fn role(&self) -> Role {
         if self.inner.leader.load(Ordering::Relaxed) {
             Role::Leader
         } else {
@@ -79,24 +79,19 @@ impl WorkerStatus {
         }
     }
 
-    pub fn connected(&self) -> bool {
+    pub(crate) fn connected(&self) -> bool {
         self.inner.connected.load(Ordering::Relaxed)
     }
 
-    pub fn consuming(&self) -> bool {
+    pub(crate) fn consuming(&self) -> bool {
         self.inner.consuming.load(Ordering::Relaxed)
     }
 
-    pub fn in_flight(&self) -> u64 {
+    pub(crate) fn in_flight(&self) -> u64 {
         self.inner.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Jobs settled by this process (any outcome).
-    pub fn finished(&self) -> u64 {
-        self.inner.finished.load(Ordering::Relaxed)
-    }
-
-    pub fn start_review(&self) -> InFlight {
+    pub(crate) fn start_review(&self) -> InFlight {
         let now = self.inner.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::gauge!("review_in_flight").set(now as f64);
         InFlight {
@@ -105,12 +100,12 @@ impl WorkerStatus {
     }
 
     /// Counts a job's outcome: completed, waiting, hopped, or a failure kind.
-    pub fn record(&self, outcome: &str) {
+    pub(crate) fn record(&self, outcome: &str) {
         self.inner.finished.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("review_jobs_total", "outcome" => outcome.to_owned()).increment(1);
     }
 
-    pub fn observe_review(&self, completed: &Completed, elapsed: Duration) {
+    pub(crate) fn observe_review(&self, completed: &Completed, elapsed: Duration) {
         let usage = &completed.review.usage;
         let provider = completed.provider.clone();
         let model = completed.model.clone();

@@ -16,7 +16,7 @@ use crate::settings::BrokerSettings;
 
 /// Publishes each job (file path, or `-` for stdin) with routing key `job.created`; with `wait`,
 /// returns the results in the order they arrive.
-pub async fn submit(
+pub(crate) async fn submit(
     settings: &BrokerSettings,
     jobs: &[String],
     wait: Option<Duration>,

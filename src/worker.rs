@@ -27,7 +27,7 @@ use crate::status::{Role, WorkerStatus};
 
 /// What one delivery came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Completed,
     Failed(FailureKind),
     /// Back in a delay tier; `counted` says whether the attempt was charged.
@@ -40,7 +40,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Self::Completed => "completed",
             Self::Failed(kind) => kind.as_str(),
@@ -53,7 +53,7 @@ impl Outcome {
 /// Results reviewed but not confirmed by the broker (the connection dropped first), by job id:
 /// when the job is redelivered its result is published from here instead of reviewing it again.
 #[derive(Debug, Clone, Default)]
-pub struct PendingResults {
+pub(crate) struct PendingResults {
     inner: Arc<std::sync::Mutex<std::collections::HashMap<String, ReviewResult>>>,
 }
 
@@ -79,7 +79,7 @@ impl PendingResults {
 
 /// Everything a delivery needs; cheap to clone into each job's task.
 #[derive(Debug, Clone)]
-pub struct Worker {
+pub(crate) struct Worker {
     pub broker: Arc<Broker>,
     pub executor: Executor,
     pub review: ReviewSettings,
@@ -90,7 +90,7 @@ pub struct Worker {
 impl Worker {
     /// One step: handles a job message completely, up to (not including) its ack. `Ok` means
     /// everything it published is confirmed and the message may be acked.
-    pub async fn handle_delivery(&self, body: &[u8], envelope: &Envelope) -> anyhow::Result<Outcome> {
+    pub(crate) async fn handle_delivery(&self, body: &[u8], envelope: &Envelope) -> anyhow::Result<Outcome> {
         let now_ms = Utc::now().timestamp_millis();
         if let Some(not_before) = envelope.header_u64(headers::NOT_BEFORE) {
             let remaining = not_before as i64 - now_ms;
@@ -272,7 +272,7 @@ impl Worker {
 
     /// Handles one delivery and settles it with the broker: ack after success, otherwise
     /// requeue after a pause (the broker or the network failed; the job is not at fault).
-    pub async fn process(&self, delivery: Delivery) {
+    pub(crate) async fn process(&self, delivery: Delivery) {
         let envelope = Envelope {
             routing_key: delivery.routing_key.as_str().to_owned(),
             properties: delivery.properties.clone(),
@@ -304,7 +304,7 @@ impl Worker {
     /// consuming at once, lets reviews in flight finish within `drain`, leaves the rest unacked
     /// (the broker requeues them when the channel closes) and only then hands leadership on, so
     /// that two replicas never call the provider at once.
-    pub async fn serve(
+    pub(crate) async fn serve(
         &self,
         prefetch: u16,
         drain: Duration,
@@ -444,7 +444,7 @@ fn retry_delay(attempt: u32) -> Duration {
 }
 
 /// The `completed` result for a review.
-pub fn completed_result(
+pub(crate) fn completed_result(
     job: &Job,
     completed: &Completed,
     attempts: u32,

@@ -101,7 +101,7 @@ fn reset_suffix(reset_at: &Option<DateTime<Utc>>) -> String {
         .unwrap_or_default()
 }
 
-pub const KEY_MISMATCH_ADVICE: &str = "the key doesn't match the endpoint: Coding Plan keys work only on \
+pub(crate) const KEY_MISMATCH_ADVICE: &str = "the key doesn't match the endpoint: Coding Plan keys work only on \
      https://api.z.ai/api/coding/paas/v4, developer keys only on https://api.z.ai/api/paas/v4/ \
      (check API_OPENAI_FORCE_BASE_URL and API_OPEN_AI_API_KEY)";
 const BALANCE_ADVICE: &str = "insufficient balance or no resource package; if this is a Coding Plan key, \
@@ -262,7 +262,7 @@ fn window_from_message(message: &str) -> QuotaWindow {
 
 /// Reads `YYYY-MM-DD HH:MM:SS` anywhere in the message as Beijing time (UTC+8), which is what
 /// Z.AI's quota API confirms for 1308 and what we assume for the other windows.
-pub fn parse_reset_time(message: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn parse_reset_time(message: &str) -> Option<DateTime<Utc>> {
     let beijing = chrono::FixedOffset::east_opt(8 * 3600)?;
     message.char_indices().find_map(|(at, c)| {
         if !c.is_ascii_digit() {

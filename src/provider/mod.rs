@@ -2,7 +2,7 @@
 //! `GET {base}/models` probe. It turns every failure into a classified [`ProviderError`]
 //! (see `error.rs`) and never lets the API key reach a log line or an error message.
 
-pub mod error;
+pub(crate) mod error;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use secrecy::ExposeSecret;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-pub use error::{Action, ProviderError, QuotaWindow};
+pub(crate) use error::{Action, ProviderError, QuotaWindow};
 
 use crate::contract::Usage;
 use crate::settings::{ProviderSettings, Thinking};
@@ -281,7 +281,7 @@ fn parse_chat_answer(value: &Value, latency: Duration) -> Result<ChatAnswer, Pro
 }
 
 /// Merges `overlay` into `target`: objects merge key by key, anything else replaces.
-pub fn deep_merge(target: &mut Map<String, Value>, overlay: &Map<String, Value>) {
+pub(crate) fn deep_merge(target: &mut Map<String, Value>, overlay: &Map<String, Value>) {
     for (key, value) in overlay {
         match (target.get_mut(key), value) {
             (Some(Value::Object(inner)), Value::Object(overlay_inner)) => deep_merge(inner, overlay_inner),
