@@ -213,16 +213,18 @@ impl Executor {
     /// One model call under the lane's limit, with local retries for what is worth retrying.
     async fn call(&self, lane: &Lane, messages: &[Message]) -> Result<ChatAnswer, ProviderError> {
         let attempt = async || {
+            let slot = lane.limit.acquire().await;
+            // Checked after the wait for a slot: another task may have hit the window meanwhile,
+            // and a call into it would be wasted.
             if let Some(pause) = lane.pause.current() {
-                // Another task hit the window meanwhile: do not spend a call on it.
                 return Err(paused_error(&pause));
             }
-            let slot = lane.limit.acquire().await;
             let result = lane.provider.chat(messages).await;
             drop(slot);
             match &result {
                 Ok(_) => {
                     lane.strikes.store(0, Ordering::Relaxed);
+                    lane.limit.succeeded();
                     metrics::counter!("review_provider_answers_total", "provider" => lane.provider.name().to_owned(), "code" => "200").increment(1);
                 }
                 Err(error) => self.on_error(lane, error),
@@ -292,6 +294,7 @@ impl Executor {
                     reason: error.meaning().to_owned(),
                     needs_probe: false,
                 };
+                lane.limit.half_open();
                 if lane.pause.pause(pause) {
                     let reset = reset_at.map_or_else(|| "unknown".to_owned(), crate::contract::rfc3339);
                     warn!(provider, model, code, window = window.as_str(), reset_at = %reset, paused_until = %crate::contract::rfc3339(until), lane = lane.label(),
@@ -305,6 +308,7 @@ impl Executor {
                     reason: error.meaning().to_owned(),
                     needs_probe: true,
                 };
+                lane.limit.half_open();
                 if lane.pause.pause(pause) {
                     error!(
                         provider,

@@ -35,6 +35,9 @@ struct LimitState {
     in_flight: u32,
     peak: u32,
     last_lowered: Option<Instant>,
+    /// After a pause: one call at a time until one succeeds (a reset that did not happen costs
+    /// one call, not a whole cap's worth).
+    half_open: bool,
 }
 
 /// One call's place under the limit; dropping it frees the place.
@@ -67,6 +70,7 @@ impl AdaptiveLimit {
                     in_flight: 0,
                     peak: 0,
                     last_lowered: None,
+                    half_open: false,
                 }),
                 changed: Notify::new(),
                 configured,
@@ -81,7 +85,8 @@ impl AdaptiveLimit {
             {
                 let mut state = lock(&self.inner.state);
                 self.recover(&mut state);
-                if state.in_flight < state.limit {
+                let limit = if state.half_open { 1 } else { state.limit };
+                if state.in_flight < limit {
                     state.in_flight += 1;
                     state.peak = state.peak.max(state.in_flight);
                     return Slot {
@@ -100,6 +105,21 @@ impl AdaptiveLimit {
         state.limit = (state.limit / 2).max(1);
         state.last_lowered = Some(Instant::now());
         state.limit
+    }
+
+    /// Until the next success, one call at a time.
+    pub(crate) fn half_open(&self) {
+        lock(&self.inner.state).half_open = true;
+    }
+
+    /// A call succeeded: the whole limit is open again.
+    pub(crate) fn succeeded(&self) {
+        let mut state = lock(&self.inner.state);
+        if state.half_open {
+            state.half_open = false;
+            drop(state);
+            self.inner.changed.notify_waiters();
+        }
     }
 
     /// The limit now (after any recovery that is due).
@@ -271,6 +291,23 @@ mod tests {
         assert_eq!(limit.current(), 4);
         tokio::time::advance(QUIET_PERIOD).await;
         assert_eq!(limit.current(), 4, "never above the configured cap");
+    }
+
+    #[tokio::test]
+    async fn after_a_pause_one_call_goes_first_and_a_success_opens_the_rest() {
+        let limit = AdaptiveLimit::new(3);
+        limit.half_open();
+        let first = limit.acquire().await;
+        let second = tokio::time::timeout(Duration::from_millis(50), limit.acquire()).await;
+        assert!(second.is_err(), "only one call while half open");
+        limit.succeeded();
+        let _second = tokio::time::timeout(Duration::from_millis(500), limit.acquire())
+            .await
+            .expect("open again");
+        let _third = tokio::time::timeout(Duration::from_millis(500), limit.acquire())
+            .await
+            .expect("the whole cap");
+        drop(first);
     }
 
     #[tokio::test]
