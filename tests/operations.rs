@@ -376,3 +376,64 @@ async fn a_grep_for_glm_shows_start_reviews_429s_pauses_resumes_and_connection_e
         offline_lines.join("\n")
     );
 }
+
+#[tokio::test]
+async fn review_prints_a_contract_valid_result_for_a_local_diff() {
+    let world = World::new("review-cli", SimArgs::default()).await;
+    let example: serde_json::Value = serde_json::from_str(include_str!("../docs/contract/examples/job.json")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let diff = dir.path().join("pr.diff");
+    std::fs::write(&diff, example["diff"].as_str().unwrap()).unwrap();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_review-worker"));
+    command
+        .args(["review", diff.to_str().unwrap(), "--title", "Refunds"])
+        .env_clear();
+    for (k, v) in world.vars() {
+        command.env(k, v);
+    }
+    let output = command.output().await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stdout is the result JSON");
+    common::assert_valid_result(&result);
+    assert_eq!(result["status"], "completed");
+    assert!(
+        result["suggestions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["line_start"] == 4)
+    );
+}
+
+#[tokio::test]
+async fn submit_wait_prints_each_result_from_a_running_worker() {
+    let world = World::new("submit-cli", SimArgs::default()).await;
+    let worker = world.spawn_worker();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_review-worker"));
+    let jobs = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/jobs");
+    command
+        .arg("submit")
+        .arg("--wait")
+        .arg("--timeout")
+        .arg("60")
+        .env_clear();
+    for entry in std::fs::read_dir(jobs).unwrap() {
+        command.arg(entry.unwrap().path());
+    }
+    for (k, v) in world.vars() {
+        command.env(k, v);
+    }
+    let output = command.output().await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let results: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("a JSON result per job");
+    assert_eq!(results.len(), 3);
+    for result in &results {
+        common::assert_valid_result(result);
+        assert_eq!(result["status"], "completed");
+    }
+    worker.stop().await.unwrap();
+}
