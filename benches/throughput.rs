@@ -52,6 +52,7 @@ async fn worker_run(sim: &SimHandle, opts: &Options) -> (f64, f64) {
         .env("API_OPENAI_FORCE_BASE_URL", sim.developer_base_url())
         .env("API_OPEN_AI_API_KEY", "sim-developer-key")
         .env("API_LLM_MAX_CONCURRENT_REQUESTS", opts.concurrency.to_string())
+        .env("API_WORKER_CONCURRENCY", opts.concurrency.to_string())
         .env("WORKER_HEALTH_PORT", "0")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
