@@ -179,7 +179,7 @@ fn flag_line(path: &str, number: u64, text: &str, out: &mut Vec<Finding>) {
         });
     };
     if text.contains("unwrap()") {
-        let improved = text.contains(".unwrap()").then(|| text.replacen(".unwrap()", "?", 1));
+        let improved = text.contains(".unwrap()").then(|| text.replace(".unwrap()", "?"));
         push(&UNWRAP, improved);
     }
     if text.contains("TODO") {
