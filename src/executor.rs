@@ -387,9 +387,11 @@ impl Executor {
 fn wait_for_pause(pause: &Pause) -> JobFailure {
     let delay = (pause.until - Utc::now()).to_std().unwrap_or(Duration::ZERO);
     JobFailure::Wait {
-        // An account pause has no known end: check back in a while.
+        // An account pause has no known end. A short wait costs nothing: the leader does not
+        // consume while paused, so the job comes back to the jobs queue and stays there until
+        // the probe succeeds, and then it is first in line.
         delay: if pause.needs_probe {
-            Duration::from_secs(30)
+            FIRST_PROBE_DELAY
         } else {
             delay.max(Duration::from_secs(1))
         },

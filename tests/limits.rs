@@ -259,7 +259,11 @@ async fn the_fallback_takes_over_during_a_window_and_hands_back_after_the_reset(
     );
 
     // After the reset (2 s, plus the margin) the main provider takes over again.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    worker
+        .wait_ready_body(WAIT, |status, body| {
+            status == 200 && body["pauses"].as_array().is_some_and(Vec::is_empty)
+        })
+        .await;
     world.publish_job(&job("fb-after")).await;
     let after = world.results(1, WAIT).await.remove(0);
     assert_eq!(after["used_fallback"], false, "{after:#}");
