@@ -44,12 +44,14 @@ node_env() { # port
     head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/.erlang.cookie"
     chmod 400 "$dir/.erlang.cookie"
   fi
-  : > "$dir/enabled_plugins.tmp" && printf '[].\n' > "$dir/enabled_plugins"
+  printf '[].\n' > "$dir/enabled_plugins"
   export HOME="$dir"
   export RABBITMQ_NODENAME="review-$1@localhost"
   export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
   export RABBITMQ_NODE_PORT="$1"
-  export RABBITMQ_DIST_PORT=$(( $1 + 20000 ))
+  # RabbitMQ's own convention is AMQP port + 20000; ports above 45535 (the kernel's ephemeral
+  # range, where tests find free ports) would overflow, so those go 20000 below instead.
+  if (( $1 + 20000 <= 65535 )); then export RABBITMQ_DIST_PORT=$(( $1 + 20000 )); else export RABBITMQ_DIST_PORT=$(( $1 - 20000 )); fi
   export RABBITMQ_MNESIA_BASE="$dir/mnesia"
   export RABBITMQ_LOG_BASE="$dir/log"
   export RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins"
@@ -66,7 +68,8 @@ start_node() { # port
   node_env "$1"
   if answers 127.0.0.1 "$1"; then say "something already answers on 127.0.0.1:$1"; return 1; fi
   say "starting a private RabbitMQ node on 127.0.0.1:$1 (data in $PRIVATE_DIR)"
-  /usr/lib/rabbitmq/bin/rabbitmq-server > "$PRIVATE_DIR/server.log" 2>&1 &
+  # From its own directory, so that a crash dump lands there and not in the caller's checkout.
+  (cd "$PRIVATE_DIR" && exec /usr/lib/rabbitmq/bin/rabbitmq-server > "$PRIVATE_DIR/server.log" 2>&1) &
   echo $! > "$PRIVATE_DIR/server.pid"
   for _ in $(seq 1 120); do
     if answers 127.0.0.1 "$1" && /usr/lib/rabbitmq/bin/rabbitmqctl -q await_startup --timeout 5 >/dev/null 2>&1; then
