@@ -278,6 +278,51 @@ impl Broker {
             .with_context(|| format!("consume {}", self.topology.jobs_queue))
     }
 
+    /// A server-named queue private to this connection (exclusive, deleted with it), optionally
+    /// bound to a fanout exchange, with an auto-ack consumer: what it receives is for this process
+    /// alone (pause broadcasts, replies to `submit --wait`). Returns the channel (keep it open),
+    /// the queue's name and the consumer.
+    pub async fn private_consumer(&self, bind_to: Option<&str>) -> anyhow::Result<(Channel, String, Consumer)> {
+        let channel = self.channel().await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .context("declare a private queue")?;
+        if let Some(exchange) = bind_to {
+            channel
+                .queue_bind(
+                    queue.name().clone(),
+                    exchange.into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| format!("bind a private queue to {exchange}"))?;
+        }
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .context("consume a private queue")?;
+        Ok((channel, queue.name().as_str().to_owned(), consumer))
+    }
+
     /// Publishes and waits for the broker's confirm.
     pub async fn publish_confirmed(
         &self,

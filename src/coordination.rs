@@ -26,8 +26,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
 use lapin::options::{
-    BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, ExchangeKind};
@@ -157,41 +156,10 @@ impl Coordination {
         });
 
         // Pauses: listen on a private queue, and broadcast this replica's own changes.
-        let listen = broker.channel().await?;
-        let private = listen
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let (listen, _, mut events) = broker
+            .private_consumer(Some(&control))
             .await
-            .context("declare the control queue")?;
-        listen
-            .queue_bind(
-                private.name().clone(),
-                control.as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .context("bind the control queue")?;
-        let mut events = listen
-            .basic_consume(
-                private.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .context("consume the control queue")?;
+            .context("listen for pause broadcasts")?;
         let lanes: Vec<Lane> = executor.lanes().cloned().collect();
         let me = replica.to_owned();
         tasks.spawn({

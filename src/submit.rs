@@ -6,8 +6,6 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use futures_util::StreamExt as _;
 use lapin::BasicProperties;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use serde_json::Value;
 
 use crate::broker::Broker;
@@ -24,37 +22,8 @@ pub(crate) async fn submit(
     let broker = Broker::connect(settings, "review-worker-submit").await?;
     // Declaring is idempotent and means a job submitted before any worker started is kept.
     broker.declare_topology().await?;
-    let reply_queue = match wait {
-        Some(_) => {
-            let channel = broker.channel().await?;
-            let queue = channel
-                .queue_declare(
-                    "".into(),
-                    QueueDeclareOptions {
-                        exclusive: true,
-                        auto_delete: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .context("declare the private reply queue")?;
-            Some((channel, queue.name().as_str().to_owned()))
-        }
-        None => None,
-    };
-    let mut consumer = match &reply_queue {
-        Some((channel, name)) => Some(
-            channel
-                .basic_consume(
-                    name.as_str().into(),
-                    "submit".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .context("consume the reply queue")?,
-        ),
+    let mut reply = match wait {
+        Some(_) => Some(broker.private_consumer(None).await.context("the private reply queue")?),
         None => None,
     };
 
@@ -77,7 +46,7 @@ pub(crate) async fn submit(
         if !job_id.is_empty() {
             properties = properties.with_message_id(job_id.as_str().into());
         }
-        if let Some((_, name)) = &reply_queue {
+        if let Some((_, name, _)) = &reply {
             properties = properties.with_reply_to(name.as_str().into());
         }
         broker
@@ -88,7 +57,7 @@ pub(crate) async fn submit(
     }
 
     let mut results = Vec::new();
-    if let (Some(timeout), Some(consumer)) = (wait, consumer.as_mut()) {
+    if let (Some(timeout), Some((_, _, consumer))) = (wait, reply.as_mut()) {
         let deadline = tokio::time::Instant::now() + timeout;
         while results.len() < ids.len() {
             let delivery = match tokio::time::timeout_at(deadline, consumer.next()).await {
@@ -101,7 +70,6 @@ pub(crate) async fn submit(
                     ids.len()
                 ),
             };
-            delivery.acker.ack(BasicAckOptions::default()).await?;
             let result: ReviewResult = serde_json::from_slice(&delivery.data).context("read a result")?;
             results.push(result);
         }
