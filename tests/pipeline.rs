@@ -5,8 +5,6 @@ mod common;
 use std::time::Duration;
 
 use common::{World, header_str, job, json_properties};
-use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use review_worker::sim::SimArgs;
 use serde_json::json;
 
@@ -95,33 +93,10 @@ async fn every_kind_of_bad_input_is_dead_lettered_while_good_jobs_keep_flowing()
 #[tokio::test]
 async fn reply_to_gets_the_same_result() {
     let mut world = World::new("replyto", SimArgs::default()).await;
-    let channel = world.broker.channel().await.unwrap();
-    let reply = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut replies = channel
-        .basic_consume(
-            reply.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (_channel, reply, mut replies) = world.broker.private_consumer(None).await.unwrap();
     let worker = world.spawn_worker();
     let properties = json_properties()
-        .with_reply_to(reply.name().clone())
+        .with_reply_to(reply.as_str().into())
         .with_correlation_id("corr-7".into());
     world
         .publish(&serde_json::to_vec(&job("job-rpc")).unwrap(), properties)
