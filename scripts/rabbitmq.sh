@@ -7,6 +7,7 @@
 #   scripts/rabbitmq.sh start PORT    start a private node on 127.0.0.1:PORT (own data directory)
 #   scripts/rabbitmq.sh stop PORT     stop the private node on PORT, if this script started it
 #   scripts/rabbitmq.sh stop-ensured  stop the node `ensure` started, if it started one
+#   scripts/rabbitmq.sh ctl PORT ARGS rabbitmqctl ARGS against the private node on PORT
 #
 # A private node lives in /tmp/review-worker-rabbitmq-PORT: its own node name, cookie, Erlang
 # distribution port (PORT+20000) and data, so it can be killed and restarted by tests.
@@ -108,5 +109,6 @@ case "${1:-}" in
   start) start_node "${2:?port}" ;;
   stop) stop_node "${2:?port}" ;;
   stop-ensured) stop_node "$port" ;;
-  *) say "usage: $0 ensure | start PORT | stop PORT | stop-ensured"; exit 2 ;;
+  ctl) node_env "${2:?port}"; shift 2; exec /usr/lib/rabbitmq/bin/rabbitmqctl -q "$@" ;;
+  *) say "usage: $0 ensure | start PORT | stop PORT | stop-ensured | ctl PORT ARGS..."; exit 2 ;;
 esac

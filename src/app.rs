@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tracing::{error, info, warn};
+use backon::{BackoffBuilder as _, ExponentialBuilder};
+use secrecy::ExposeSecret as _;
+use tokio::time::Instant;
+use tracing::{Instrument as _, error, info, info_span, warn};
 
 use crate::broker::Broker;
 use crate::executor::{Executor, Lane};
 use crate::provider::{Action, Provider, ProviderError};
-use crate::settings::Settings;
+use crate::settings::{Settings, redact_uri};
 use crate::status::WorkerStatus;
 use crate::worker::Worker;
 
@@ -85,6 +88,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     }
 
     let status = WorkerStatus::default();
+    let replica = crate::coordination::replica_id();
+    status.set_replica(&replica);
+    info!(replica = %replica, brokers = %settings.broker.display_uri(), "replica {replica}");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopping = move || {
         let mut rx = stop_rx.clone();
@@ -107,7 +113,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
 
     // The caller's shutdown future is polled here, beside the serving loop, and relayed to
     // every part that needs it (the loop, each connection's serve, the health server).
-    let serving = serve_with_reconnects(&settings, executor, status, stopping);
+    let serving = serve_with_reconnects(&settings, executor, status, &replica, stopping);
     tokio::pin!(serving, shutdown);
     let mut signalled = false;
     let served = loop {
@@ -124,64 +130,123 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     served
 }
 
+/// A connection that served this long was healthy: the backoff starts again from its minimum.
+const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+
+/// Delays between connection attempts: 0.5 s doubling to 30 s, each with up to as much again of
+/// random jitter so that replicas that lost the same node do not come back in step.
+fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Connects, serves, and on a lost connection reconnects with backoff, redeclares and resumes,
-/// until shutdown. Results whose publish could not be confirmed survive the reconnect.
+/// until shutdown. Nodes of `API_RABBITMQ_URI` are tried round-robin: each attempt goes to the
+/// node after the one that failed or was lost. Any connection that fails to serve (a refused
+/// declare, a cancelled consumer, a closed channel) waits out the backoff, which starts over only
+/// after a connection served for [`HEALTHY_AFTER`]. Results whose publish could not be confirmed
+/// survive the reconnect.
 async fn serve_with_reconnects<F: Future<Output = ()>>(
     settings: &Settings,
     executor: Executor,
     status: WorkerStatus,
+    replica: &str,
     stopping: impl Fn() -> F,
 ) -> anyhow::Result<()> {
     let prefetch = u16::try_from(settings.limits.worker_concurrency).unwrap_or(u16::MAX);
     let pending = crate::worker::PendingResults::default();
-    let mut delay = Duration::from_millis(500);
+    let nodes = settings.broker.uris.len().max(1);
+    let mut node = 0;
+    let mut backoff = reconnect_backoff();
     let stopped = stopping();
     tokio::pin!(stopped);
     loop {
+        metrics::counter!("review_broker_connection_attempts_total").increment(1);
         let connected = tokio::select! {
             () = &mut stopped => return Ok(()),
-            connected = connect(settings) => connected,
+            connected = connect(settings, node, replica) => connected,
         };
-        let broker = match connected {
-            Ok(broker) => broker,
-            Err(error) => {
-                warn!(
-                    retry_in_ms = delay.as_millis() as u64,
-                    "RabbitMQ unavailable, retrying: {error:#}"
-                );
-                tokio::select! {
-                    () = &mut stopped => return Ok(()),
-                    () = tokio::time::sleep(delay) => {}
+        let failure = match connected {
+            Err(error) => format!("RabbitMQ unavailable: {error:#}"),
+            Ok(broker) => {
+                let span = info_span!("broker", node = %broker.node());
+                let since = Instant::now();
+                let served = serve(
+                    settings,
+                    &executor,
+                    &status,
+                    &pending,
+                    replica,
+                    prefetch,
+                    broker,
+                    stopping(),
+                )
+                .instrument(span)
+                .await;
+                match served {
+                    Ok(()) => return Ok(()),
+                    Err(error) => {
+                        if since.elapsed() >= HEALTHY_AFTER {
+                            backoff = reconnect_backoff();
+                        }
+                        format!("lost the RabbitMQ connection: {error:#}")
+                    }
                 }
-                delay = (delay * 2).min(Duration::from_secs(30));
-                continue;
             }
         };
-        delay = Duration::from_millis(500);
-        status.set_connected(true);
-        info!(broker = %settings.broker.display_uri(), "connected to RabbitMQ");
-        let worker = Worker {
-            broker: Arc::new(broker),
-            executor: executor.clone(),
-            review: settings.review.clone(),
-            status: status.clone(),
-            pending: pending.clone(),
-        };
-        let served = worker.serve(prefetch, settings.drain_timeout, stopping()).await;
-        status.set_connected(false);
-        worker.broker.close().await;
-        match served {
-            Ok(()) => return Ok(()),
-            Err(error) => error!("lost the RabbitMQ connection, reconnecting: {error:#}"),
+        node = (node + 1) % nodes;
+        let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+        warn!(
+            retry_in_ms = delay.as_millis() as u64,
+            next_node = %redact_uri(settings.broker.uris[node].expose_secret()),
+            "{failure}; reconnecting"
+        );
+        tokio::select! {
+            () = &mut stopped => return Ok(()),
+            () = tokio::time::sleep(delay) => {}
         }
     }
 }
 
-async fn connect(settings: &Settings) -> anyhow::Result<Broker> {
-    let broker = Broker::connect(&settings.broker, "review-worker").await?;
-    broker
-        .declare_topology()
-        .await
-        .context("could not declare the topology")?;
+/// One connection's life: the worker serves on it until it fails or shutdown.
+#[allow(clippy::too_many_arguments, reason = "the reconnect loop's state, passed down once")]
+async fn serve(
+    settings: &Settings,
+    executor: &Executor,
+    status: &WorkerStatus,
+    pending: &crate::worker::PendingResults,
+    replica: &str,
+    prefetch: u16,
+    broker: Broker,
+    stopping: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    status.set_connected(Some(broker.node()));
+    info!(replica, "connected to RabbitMQ at {}", broker.node());
+    let worker = Worker {
+        broker: Arc::new(broker),
+        executor: executor.clone(),
+        review: settings.review.clone(),
+        status: status.clone(),
+        pending: pending.clone(),
+        abandon: tokio_util::sync::CancellationToken::new(),
+    };
+    let served = worker.serve(replica, prefetch, settings.drain_timeout, stopping).await;
+    status.set_connected(None);
+    worker.broker.close().await;
+    served
+}
+
+async fn connect(settings: &Settings, node: usize, replica: &str) -> anyhow::Result<Broker> {
+    // The replica in the connection's name: the management UI and `rabbitmqctl
+    // list_connections` show which replica is which.
+    let broker = Broker::connect_to(&settings.broker, node, &format!("review-worker {replica}")).await?;
+    if let Err(error) = broker.declare_topology().await {
+        broker.close().await;
+        return Err(error.context(format!("could not declare the topology on {}", broker.node())));
+    }
     Ok(broker)
 }

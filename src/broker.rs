@@ -20,7 +20,13 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use secrecy::ExposeSecret;
 
 use crate::contract::{FailureKind, ReviewResult, one_line, rfc3339};
-use crate::settings::{BrokerSettings, Topology};
+use crate::settings::{BrokerSettings, Topology, redact_uri};
+
+/// Bound on connecting: TCP, the AMQP handshake and opening the publishing channel.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Bound on a publisher confirm. A node that stops answering mid-publish turns into the ordinary
+/// failed-publish path (the job stays unacked and comes back) instead of a hung task.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Headers the worker reads and writes on job messages.
 pub mod headers {
@@ -64,6 +70,7 @@ pub struct Broker {
     connection: Connection,
     publisher: Channel,
     topology: Topology,
+    node: String,
 }
 
 /// What a job message carried besides its body, to be kept on republish and dead-lettering.
@@ -139,28 +146,58 @@ fn durable() -> QueueDeclareOptions {
 }
 
 impl Broker {
-    /// Connects and opens the publishing channel. `name` shows in the management UI.
+    /// Connects to the first node of `settings.uris` that answers, in order, and opens the
+    /// publishing channel. `name` shows in the management UI.
     pub async fn connect(settings: &BrokerSettings, name: &str) -> anyhow::Result<Self> {
-        let connection = Connection::connect(
-            settings.uri.expose_secret(),
-            ConnectionProperties::default().with_connection_name(name.into()),
-        )
-        .await
-        .with_context(|| format!("could not connect to RabbitMQ at {}", settings.display_uri()))?;
-        let publisher = connection.create_channel().await.context("could not open a channel")?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
+        let mut failed = None;
+        for index in 0..settings.uris.len() {
+            match Self::connect_to(settings, index, name).await {
+                Ok(broker) => return Ok(broker),
+                Err(error) => failed = Some(error),
+            }
+        }
+        Err(failed.unwrap_or_else(|| anyhow::anyhow!("API_RABBITMQ_URI names no broker")))
+    }
+
+    /// Connects to node `index` of `settings.uris` (the reconnect loop walks the list
+    /// round-robin). Every step is bounded: a node that accepts TCP but never finishes the
+    /// handshake is a failed attempt, not a hang.
+    pub async fn connect_to(settings: &BrokerSettings, index: usize, name: &str) -> anyhow::Result<Self> {
+        let uri = settings
+            .uris
+            .get(index % settings.uris.len().max(1))
+            .context("API_RABBITMQ_URI names no broker")?;
+        let node = redact_uri(uri.expose_secret());
+        let connecting = async {
+            let connection = Connection::connect(
+                uri.expose_secret(),
+                ConnectionProperties::default().with_connection_name(name.into()),
+            )
+            .await?;
+            let publisher = connection.create_channel().await?;
+            publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+            Ok::<_, lapin::Error>((connection, publisher))
+        };
+        let (connection, publisher) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
             .await
-            .context("could not enable publisher confirms")?;
+            .map_err(|_| anyhow::anyhow!("no answer within {HANDSHAKE_TIMEOUT:?}"))
+            .and_then(|connected| connected.map_err(anyhow::Error::new))
+            .with_context(|| format!("could not connect to RabbitMQ at {node}"))?;
         Ok(Self {
             connection,
             publisher,
             topology: settings.topology.clone(),
+            node,
         })
     }
 
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+
+    /// The node this connection goes to, password masked: for logs and `/ready`.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     pub fn connection(&self) -> &Connection {
@@ -331,19 +368,23 @@ impl Broker {
         body: &[u8],
         properties: BasicProperties,
     ) -> anyhow::Result<()> {
-        let confirm = self
-            .publisher
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await
-            .with_context(|| format!("publish to exchange `{exchange}` with key `{routing_key}`"))?
-            .await
-            .with_context(|| format!("confirm of a publish to `{exchange}`/`{routing_key}`"))?;
+        let publishing = async {
+            self.publisher
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties,
+                )
+                .await
+                .with_context(|| format!("publish to exchange `{exchange}` with key `{routing_key}`"))?
+                .await
+                .with_context(|| format!("confirm of a publish to `{exchange}`/`{routing_key}`"))
+        };
+        let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, publishing).await.map_err(|_| {
+            anyhow::anyhow!("no confirm within {CONFIRM_TIMEOUT:?} for a publish to `{exchange}`/`{routing_key}`")
+        })??;
         match confirm {
             Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
             Confirmation::Nack(_) => bail!("the broker refused (nack) a publish to `{exchange}`/`{routing_key}`"),

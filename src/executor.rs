@@ -170,6 +170,17 @@ impl Executor {
         std::iter::once(&self.main).chain(self.fallback.as_ref())
     }
 
+    /// Lets calls start again (this replica leads).
+    pub(crate) fn open_calls(&self) {
+        self.lanes().for_each(|lane| lane.limit.open());
+    }
+
+    /// Starts no new provider call, on any lane, until `open_calls`: this replica stopped
+    /// leading. Calls in flight go on; reviews waiting for a slot keep waiting.
+    pub(crate) fn close_calls(&self) {
+        self.lanes().for_each(|lane| lane.limit.close());
+    }
+
     /// Reviews one job on whichever lane is usable.
     pub async fn review(&self, job: &Job) -> Result<Completed, JobFailure> {
         // Two rounds at most: main, then the fallback if main paused during the first.

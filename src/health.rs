@@ -86,6 +86,8 @@ pub(crate) fn readiness(status: &WorkerStatus, executor: &Executor) -> (bool, Va
         "ready": reason.is_none(),
         "reason": reason,
         "role": role,
+        "replica": status.replica(),
+        "broker": status.node(),
         "consuming": status.consuming(),
         "in_flight": status.in_flight(),
         "effective_cap": executor.main.limit.current(),

@@ -38,6 +38,8 @@ struct LimitState {
     /// After a pause: one call at a time until one succeeds (a reset that did not happen costs
     /// one call, not a whole cap's worth).
     half_open: bool,
+    /// No new call may start (this replica is not the leader); calls in flight go on.
+    closed: bool,
 }
 
 /// One call's place under the limit; dropping it frees the place.
@@ -71,6 +73,7 @@ impl AdaptiveLimit {
                     peak: 0,
                     last_lowered: None,
                     half_open: false,
+                    closed: false,
                 }),
                 changed: Notify::new(),
                 configured,
@@ -85,7 +88,13 @@ impl AdaptiveLimit {
             {
                 let mut state = lock(&self.inner.state);
                 self.recover(&mut state);
-                let limit = if state.half_open { 1 } else { state.limit };
+                let limit = if state.closed {
+                    0
+                } else if state.half_open {
+                    1
+                } else {
+                    state.limit
+                };
                 if state.in_flight < limit {
                     state.in_flight += 1;
                     state.peak = state.peak.max(state.in_flight);
@@ -97,6 +106,16 @@ impl AdaptiveLimit {
             // Wake on a release, or after a quiet period may have let the limit grow.
             let _ = tokio::time::timeout(QUIET_PERIOD, notified).await;
         }
+    }
+
+    /// No new call starts until `open`: waiters keep waiting.
+    pub(crate) fn close(&self) {
+        lock(&self.inner.state).closed = true;
+    }
+
+    pub(crate) fn open(&self) {
+        lock(&self.inner.state).closed = false;
+        self.inner.changed.notify_waiters();
     }
 
     /// A 1302 said we are over the plan: halve, never below 1.
@@ -154,8 +173,8 @@ impl AdaptiveLimit {
     }
 }
 
-/// Why a provider is paused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a provider is paused. Also what the pause log on the broker carries.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pause {
     pub until: DateTime<Utc>,
     /// Z.AI's code or the HTTP status.

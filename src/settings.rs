@@ -207,16 +207,45 @@ impl Topology {
 
 #[derive(Debug, Clone)]
 pub struct BrokerSettings {
-    /// Holds the broker password, hence secret.
-    pub uri: SecretString,
+    /// One URI per broker node (or one Service URI), tried in order and round-robin on
+    /// reconnect. They hold the broker password, hence secret.
+    pub uris: Vec<SecretString>,
     pub topology: Topology,
 }
 
 impl BrokerSettings {
-    /// The URI with its password masked, for logs and errors.
+    /// The URIs with their passwords masked, for logs and errors.
     pub fn display_uri(&self) -> String {
-        redact_uri(self.uri.expose_secret())
+        self.uris
+            .iter()
+            .map(|uri| redact_uri(uri.expose_secret()))
+            .collect::<Vec<_>>()
+            .join(",")
     }
+}
+
+/// `API_RABBITMQ_URI`: one AMQP URI or a comma-separated list of them, like other AMQP clients'
+/// address lists.
+fn parse_uri_list(p: &mut Vec<Problem>, list: &str) -> Vec<SecretString> {
+    let mut uris = Vec::new();
+    for text in list.split(',').map(str::trim) {
+        if text.is_empty() {
+            problem(
+                p,
+                "API_RABBITMQ_URI",
+                "has an empty entry; separate URIs with single commas".to_owned(),
+            );
+        } else if !(text.starts_with("amqp://") || text.starts_with("amqps://")) {
+            problem(
+                p,
+                "API_RABBITMQ_URI",
+                format!("`{}` is not an amqp:// or amqps:// URI", redact_uri(text)),
+            );
+        } else {
+            uris.push(SecretString::from(text.to_owned()));
+        }
+    }
+    uris
 }
 
 /// Masks the password in `amqp://user:pass@host/vhost`.
@@ -437,19 +466,9 @@ impl Settings {
         .map_or_else(|| default_worker_concurrency(max_concurrent_requests), |n| n as u32);
 
         let broker = BrokerSettings {
-            uri: match raw.api_rabbitmq_uri {
-                Some(uri) if !uri.expose_secret().trim().is_empty() => {
-                    let text = uri.expose_secret().trim();
-                    if !(text.starts_with("amqp://") || text.starts_with("amqps://")) {
-                        problem(
-                            p,
-                            "API_RABBITMQ_URI",
-                            format!("`{}` is not an amqp:// or amqps:// URI", redact_uri(text)),
-                        );
-                    }
-                    SecretString::from(text.to_owned())
-                }
-                _ => SecretString::from(DEFAULT_RABBITMQ_URI),
+            uris: match raw.api_rabbitmq_uri {
+                Some(list) if !list.expose_secret().trim().is_empty() => parse_uri_list(p, list.expose_secret()),
+                _ => vec![SecretString::from(DEFAULT_RABBITMQ_URI)],
             },
             topology,
         };
@@ -888,6 +907,28 @@ mod tests {
     fn the_broker_password_is_masked_for_display() {
         let settings = with(&[("API_RABBITMQ_URI", "amqp://user:hunter2@rabbit:5672/%2f")]).unwrap();
         assert_eq!(settings.broker.display_uri(), "amqp://user:***@rabbit:5672/%2f");
+    }
+
+    #[test]
+    fn a_comma_separated_uri_list_names_every_node_and_masks_every_password() {
+        let settings = with(&[(
+            "API_RABBITMQ_URI",
+            "amqp://u:p1@rabbit-0:5672/%2f, amqp://u:p2@rabbit-1:5672/%2f,amqps://u:p3@rabbit-2:5671/%2f",
+        )])
+        .unwrap();
+        assert_eq!(settings.broker.uris.len(), 3);
+        assert_eq!(
+            settings.broker.display_uri(),
+            "amqp://u:***@rabbit-0:5672/%2f,amqp://u:***@rabbit-1:5672/%2f,amqps://u:***@rabbit-2:5671/%2f"
+        );
+    }
+
+    #[test]
+    fn a_uri_list_with_a_bad_or_empty_entry_is_refused_without_its_password() {
+        let found = problems(with(&[("API_RABBITMQ_URI", "amqp://u:p@a/%2f,,http://u:hunter2@b/")]));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found.iter().all(|p| p.variable == "API_RABBITMQ_URI"));
+        assert!(!format!("{found:?}").contains("hunter2"));
     }
 
     #[test]

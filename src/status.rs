@@ -35,6 +35,9 @@ pub(crate) enum Role {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// The broker node this replica is connected to (password masked), `None` while it is not.
+    node: std::sync::Mutex<Option<String>>,
+    replica: std::sync::OnceLock<String>,
     connected: AtomicBool,
     consuming: AtomicBool,
     leader: AtomicBool,
@@ -56,7 +59,23 @@ impl Drop for InFlight {
 }
 
 impl WorkerStatus {
-    pub(crate) fn set_connected(&self, connected: bool) {
+    /// This replica's identity, set once at start.
+    pub(crate) fn set_replica(&self, replica: &str) {
+        let _ = self.inner.replica.set(replica.to_owned());
+    }
+
+    pub(crate) fn replica(&self) -> &str {
+        self.inner.replica.get().map_or("", String::as_str)
+    }
+
+    /// Connected to `node` (its masked URI), or disconnected with `None`.
+    pub(crate) fn set_connected(&self, node: Option<&str>) {
+        let connected = node.is_some();
+        *self
+            .inner
+            .node
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = node.map(str::to_owned);
         self.inner.connected.store(connected, Ordering::Relaxed);
         metrics::gauge!("review_broker_connected").set(f64::from(u8::from(connected)));
     }
@@ -77,6 +96,14 @@ impl WorkerStatus {
         } else {
             Role::Standby
         }
+    }
+
+    pub(crate) fn node(&self) -> Option<String> {
+        self.inner
+            .node
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) fn connected(&self) -> bool {

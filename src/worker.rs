@@ -16,7 +16,8 @@ use futures_util::StreamExt as _;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
 use tokio::task::JoinSet;
-use tracing::{Instrument as _, error, info, info_span, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, Span, error, info, info_span, warn};
 
 use crate::broker::{Broker, Envelope, headers};
 use crate::contract::{FailureKind, Job, RESULT_SCHEMA_ID, ReviewResult, Status, parse_job, rfc3339};
@@ -85,7 +86,14 @@ pub(crate) struct Worker {
     pub review: ReviewSettings,
     pub status: WorkerStatus,
     pub pending: PendingResults,
+    /// Cancelled when this replica stops leading: reviews in flight drop their provider calls.
+    pub abandon: CancellationToken,
 }
+
+/// A review given up because this replica stopped leading; its job goes back to the queue.
+#[derive(Debug, thiserror::Error)]
+#[error("review abandoned: this replica is no longer the leader")]
+pub(crate) struct Abandoned;
 
 impl Worker {
     /// One step: handles a job message completely, up to (not including) its ack. `Ok` means
@@ -166,13 +174,19 @@ impl Worker {
         }
 
         let _in_flight = self.status.start_review();
-        match self.executor.review(&job).await {
+        let reviewed = tokio::select! {
+            reviewed = self.executor.review(&job) => reviewed,
+            // Leadership is gone: another replica may call the provider from now on.
+            () = self.abandon.cancelled() => return Err(Abandoned.into()),
+        };
+        match reviewed {
             Ok(completed) => {
                 let result = completed_result(&job, &completed, attempt, started_at);
-                self.broker
-                    .publish_result(&result, envelope)
-                    .await
-                    .context("publish the result")?;
+                if let Err(error) = self.broker.publish_result(&result, envelope).await {
+                    // The review is paid for: keep it for when the job comes back.
+                    self.pending.keep(result);
+                    return Err(error.context("publish the result (kept for when the job comes back)"));
+                }
                 let usage = &completed.review.usage;
                 info!(
                     provider = %completed.provider, model = %completed.model, outcome = "completed",
@@ -284,6 +298,15 @@ impl Worker {
                     warn!("could not ack a job (it will be redelivered): {e}");
                 }
             }
+            Err(e) if e.is::<Abandoned>() => {
+                let _ = delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await;
+            }
             Err(e) => {
                 error!("job not settled, returning it to the queue: {e:#}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -306,12 +329,12 @@ impl Worker {
     /// that two replicas never call the provider at once.
     pub(crate) async fn serve(
         &self,
+        replica: &str,
         prefetch: u16,
         drain: Duration,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let replica = format!("review-worker-{}-{:04x}", std::process::id(), fastrand::u16(..));
-        let mut coordination = Coordination::start(&self.broker, &self.executor, &replica).await?;
+        let mut coordination = Coordination::start(&self.broker, &self.executor, replica).await?;
         let channel = self.broker.jobs_channel(prefetch).await?;
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
@@ -327,6 +350,7 @@ impl Worker {
                 led = coordination.until_leader() => if let Err(e) = led { break 'serve Err(e) },
             }
             self.status.set_role(Role::Leader);
+            self.executor.open_calls();
             while !self.executor.usable() {
                 self.status.set_consuming(false);
                 tokio::select! {
@@ -338,7 +362,7 @@ impl Worker {
                 }
             }
 
-            let mut consumer = self.broker.consume_jobs(&channel, &replica).await?;
+            let mut consumer = self.broker.consume_jobs(&channel, replica).await?;
             self.status.set_consuming(true);
             info!(queue = %self.broker.topology().jobs_queue, prefetch, cap = self.executor.main.limit.configured(), "consuming jobs");
             let stop = loop {
@@ -350,7 +374,7 @@ impl Worker {
                     next = consumer.next() => match next {
                         Some(Ok(delivery)) => {
                             let worker = self.clone();
-                            tasks.spawn(async move { worker.process(delivery).await });
+                            tasks.spawn(async move { worker.process(delivery).await }.instrument(Span::current()));
                         }
                         Some(Err(e)) => break Some(Err(anyhow::Error::new(e).context("the broker connection failed"))),
                         None => break Some(Err(anyhow::anyhow!("the broker cancelled the consumer"))),
@@ -366,7 +390,7 @@ impl Worker {
             // with every lane paused, back to wait in a delay tier without a provider call.
             while let Ok(Some(Ok(delivery))) = tokio::time::timeout(Duration::from_millis(200), consumer.next()).await {
                 let worker = self.clone();
-                tasks.spawn(async move { worker.process(delivery).await });
+                tasks.spawn(async move { worker.process(delivery).await }.instrument(Span::current()));
             }
             if let Some(ended) = stop {
                 break 'serve ended;
@@ -375,13 +399,31 @@ impl Worker {
         };
 
         self.status.set_consuming(false);
-        if !tasks.is_empty() {
-            info!(
-                in_flight = tasks.len(),
-                drain_ms = drain.as_millis() as u64,
-                "draining reviews in flight"
-            );
-        }
+        let drain = if ended.is_err() {
+            // Leadership or the connection is lost, so another replica may lead soon (after its
+            // takeover grace): no new call starts, the calls in flight get `LAST_CALLS` to come
+            // back, and the rest are abandoned (their jobs go back to the queue). A review that
+            // came back still publishes its result, or keeps it for when its job returns.
+            self.executor.close_calls();
+            let finished = tokio::time::timeout(LAST_CALLS, async { while tasks.join_next().await.is_some() {} }).await;
+            if finished.is_err() {
+                warn!(
+                    in_flight = tasks.len(),
+                    "abandoning the provider calls still in flight: their jobs will be reviewed again"
+                );
+                self.abandon.cancel();
+            }
+            ABANDON_WAIT
+        } else {
+            if !tasks.is_empty() {
+                info!(
+                    in_flight = tasks.len(),
+                    drain_ms = drain.as_millis() as u64,
+                    "draining reviews in flight"
+                );
+            }
+            drain
+        };
         let drained = tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             warn!(
@@ -393,6 +435,7 @@ impl Worker {
         }
         // Closing the channel hands every unacked job back to the broker; leadership goes last.
         let _ = channel.close(200, "shutdown".into()).await;
+        self.executor.close_calls();
         coordination.release().await;
         self.status.set_role(Role::Standby);
         ended
@@ -436,6 +479,14 @@ fn log_panic(joined: Result<(), tokio::task::JoinError>) {
         error!("a job task panicked (its job returns to the queue): {e}");
     }
 }
+
+/// How long the calls in flight get to come back when this replica stops leading: well under
+/// [`crate::coordination::TAKEOVER_GRACE`], so they end before a new leader's first call.
+const LAST_CALLS: Duration = Duration::from_millis(500);
+
+/// How long reviews abandoned on a lost leadership get to settle (publish an answered review or
+/// keep it) before their tasks are aborted.
+const ABANDON_WAIT: Duration = Duration::from_secs(5);
 
 /// Backoff for jobs whose attempt counted: 10 s, 20 s, 40 s, … capped at 10 minutes.
 fn retry_delay(attempt: u32) -> Duration {

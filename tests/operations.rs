@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{World, free_port, job};
+use common::{PrivateNode, World, free_port, job};
 use review_worker::sim::{SimArgs, SimHandle, SimKeys};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -185,38 +185,15 @@ async fn sigterm_past_the_drain_timeout_returns_the_job_to_the_queue() {
 }
 
 #[tokio::test]
-async fn the_worker_survives_a_broker_restart_and_every_result_arrives() {
-    let port = free_port();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq.sh");
-    let start = || {
-        std::process::Command::new("bash")
-            .args([script, "start", &port.to_string()])
-            .status()
-            .unwrap()
-    };
-    let stop = || {
-        std::process::Command::new("bash")
-            .args([script, "stop", &port.to_string()])
-            .status()
-            .unwrap()
-    };
-    assert!(start().success(), "start a private RabbitMQ node on port {port}");
-    struct Stop<F: Fn() -> std::process::ExitStatus>(F);
-    impl<F: Fn() -> std::process::ExitStatus> Drop for Stop<F> {
-        fn drop(&mut self) {
-            (self.0)();
-        }
-    }
-    let _stop_at_the_end = Stop(stop);
-
-    let uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+async fn the_worker_survives_a_broker_restart_and_reviews_each_job_exactly_once() {
+    let node = PrivateNode::start();
     let sim = SimHandle::spawn(SimArgs {
         latency_ms: 300,
         ..Default::default()
     })
     .await
     .unwrap();
-    let mut world = World::on_broker("restart", sim, uri).await;
+    let mut world = World::on_broker("restart", sim, node.uri()).await;
     let worker = world.spawn_process(&[]);
     world.wait_for_consumers(1, WAIT).await;
     for i in 0..6 {
@@ -224,19 +201,19 @@ async fn the_worker_survives_a_broker_restart_and_every_result_arrives() {
     }
     let mut results = world.results(2, WAIT).await;
 
-    assert!(
-        std::process::Command::new("bash")
-            .args([script, "stop", &port.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    // A review is in flight when the broker goes: it comes back, its result cannot be published,
+    // and it is kept for when the job is redelivered.
+    common::eventually(WAIT, "a review in flight", || async {
+        world.sim.stats().in_flight == 1
+    })
+    .await;
+    node.stop();
     worker
         .wait_ready_body(WAIT, |status, body| {
             status == 503 && body["reason"] == "not connected to RabbitMQ"
         })
         .await;
-    assert!(start().success(), "restart the node on the same data");
+    node.restart();
     worker.wait_ready_body(WAIT, |status, _| status == 200).await;
 
     world.resubscribe().await;
@@ -255,7 +232,16 @@ async fn the_worker_survives_a_broker_restart_and_every_result_arrives() {
         seen.extend(results.iter().map(|r| r["job_id"].as_str().unwrap().to_owned()));
     }
     let log = worker.log_text();
-    assert!(log.contains("lost the RabbitMQ connection, reconnecting"), "{log}");
+    assert_eq!(
+        world.sim.stats().chat_requests,
+        6,
+        "one provider call per job, the one in flight at the outage included\n{log}"
+    );
+    assert!(log.contains("lost the RabbitMQ connection"), "{log}");
+    assert!(
+        log.contains("republished the result kept from a lost connection"),
+        "{log}"
+    );
     assert!(log.contains("connected to RabbitMQ"), "{log}");
 }
 

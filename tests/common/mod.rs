@@ -462,3 +462,82 @@ pub fn header_str(headers: &FieldTable, name: &str) -> Option<String> {
         other => Some(format!("{other:?}")),
     }
 }
+
+/// A RabbitMQ node of the test's own (`scripts/rabbitmq.sh start`), on a free loopback port with
+/// its own data: what stopping, restarting and `rabbitmqctl` need. Stopped when dropped.
+pub struct PrivateNode {
+    pub port: u16,
+}
+
+impl PrivateNode {
+    pub fn start() -> PrivateNode {
+        let node = PrivateNode { port: free_port() };
+        assert!(
+            node.script("start"),
+            "start a private RabbitMQ node on port {}",
+            node.port
+        );
+        node
+    }
+
+    pub fn uri(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Stops the node (its data stays for `restart`).
+    pub fn stop(&self) {
+        assert!(self.script("stop"), "stop the private node on port {}", self.port);
+    }
+
+    pub fn restart(&self) {
+        assert!(
+            self.script("start"),
+            "restart the node on port {} on the same data",
+            self.port
+        );
+    }
+
+    /// `rabbitmqctl ARGS` against this node; its standard output.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let output = std::process::Command::new("bash")
+            .args([SCRIPT, "ctl", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn script(&self, verb: &str) -> bool {
+        std::process::Command::new("bash")
+            .args([SCRIPT, verb, &self.port.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    }
+}
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq.sh");
+
+impl Drop for PrivateNode {
+    fn drop(&mut self) {
+        let _ = self.script("stop");
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds; panics with `what` after `timeout`.
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    timeout: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "not within {timeout:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

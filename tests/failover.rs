@@ -1,0 +1,171 @@
+//! Losing the leader's token, its connection or every replica at once: never two leaders calling
+//! the provider, no call into a paused window, with real worker processes against a real
+//! RabbitMQ and the simulator.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{PrivateNode, WorkerProcess, World, eventually, job};
+use lapin::options::QueueDeleteOptions;
+use review_worker::sim::{SimArgs, SimHandle};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn job_ids(results: &[Value]) -> Vec<String> {
+    let mut ids: Vec<String> = results
+        .iter()
+        .map(|r| r["job_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// The replica that leads now (waits for one).
+async fn leader(replicas: &[WorkerProcess]) -> usize {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        for (i, replica) in replicas.iter().enumerate() {
+            if replica.is_leader().await {
+                return i;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no replica leads");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Slow calls (so that one is in flight when the token goes), a cap of 1 that the simulator
+/// enforces with 1302, two replicas and six jobs.
+async fn two_replicas_mid_review(world: &mut World) -> (Vec<WorkerProcess>, usize) {
+    let replicas = vec![world.spawn_process(&[]), world.spawn_process(&[])];
+    world.wait_for_consumers(1, WAIT).await;
+    for i in 0..6 {
+        world.publish_job(&job(&format!("lead-{i}"))).await;
+    }
+    eventually(WAIT, "a review in flight", || async {
+        world.sim.stats().in_flight == 1
+    })
+    .await;
+    let leading = leader(&replicas).await;
+    (replicas, leading)
+}
+
+/// Every job completed once, never two calls at once, and no call beyond the one abandoned.
+async fn no_overlap_and_nothing_lost(world: &mut World, replicas: &[WorkerProcess]) {
+    let results = world.results(6, WAIT).await;
+    let logs: String = replicas.iter().map(WorkerProcess::log_text).collect();
+    assert!(results.iter().all(|r| r["status"] == "completed"), "{results:#?}");
+    let expected: Vec<String> = (0..6).map(|i| format!("lead-{i}")).collect();
+    assert_eq!(job_ids(&results), expected, "each job once");
+    let stats = world.sim.stats();
+    assert_eq!(
+        stats.peak_in_flight, 1,
+        "two replicas called at once: {stats:?}\n{logs}"
+    );
+    assert_eq!(stats.chat_answered("1302"), 0, "{stats:?}\n{logs}");
+    assert!(
+        stats.chat_requests <= 7,
+        "at most the abandoned call is repeated: {stats:?}\n{logs}"
+    );
+    assert!(logs.contains("lost the leadership"), "{logs}");
+}
+
+#[tokio::test]
+async fn deleting_the_leadership_queue_stops_the_leader_before_anyone_else_calls() {
+    let sim = SimArgs {
+        latency_ms: 1_500,
+        max_concurrency: 1,
+        ..Default::default()
+    };
+    let mut world = World::new("deltoken", sim).await;
+    let (replicas, _) = two_replicas_mid_review(&mut world).await;
+
+    let channel = world.broker.channel().await.unwrap();
+    channel
+        .queue_delete(
+            world.topology.own("leadership").as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+
+    no_overlap_and_nothing_lost(&mut world, &replicas).await;
+}
+
+#[tokio::test]
+async fn closing_the_leaders_connection_hands_over_without_two_calls_at_once() {
+    let node = PrivateNode::start();
+    let sim = SimHandle::spawn(SimArgs {
+        latency_ms: 1_500,
+        max_concurrency: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut world = World::on_broker("closeconn", sim, node.uri()).await;
+    let (replicas, leading) = two_replicas_mid_review(&mut world).await;
+
+    // The broker closes the leader's connection (as it does for a node going down or an
+    // operator's `close_connection`): the token goes to the other replica at once.
+    let replica = replicas[leading].ready().await.unwrap().1["replica"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let connections = node.ctl(&["list_connections", "pid", "client_properties"]);
+    let pid = connections
+        .lines()
+        .find(|line| line.contains(&replica))
+        .and_then(|line| line.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no connection of {replica} in:\n{connections}"))
+        .to_owned();
+    node.ctl(&["close_connection", &pid, "test: the leader's connection closes"]);
+
+    no_overlap_and_nothing_lost(&mut world, &replicas).await;
+}
+
+#[tokio::test]
+async fn replicas_restarted_during_a_quota_window_make_no_call_before_the_reset() {
+    let sim = SimArgs {
+        window_calls: 2,
+        window_secs: 12,
+        latency_ms: 50,
+        ..Default::default()
+    };
+    let mut world = World::new("restartpause", sim).await;
+    let mut first = vec![world.spawn_process(&[]), world.spawn_process(&[])];
+    world.wait_for_consumers(1, WAIT).await;
+    for i in 0..4 {
+        world.publish_job(&job(&format!("pause-{i}"))).await;
+    }
+    let leading = leader(&first).await;
+    let body = first[leading]
+        .wait_ready_body(WAIT, |_, body| body["pauses"][0]["code"] == "1308")
+        .await;
+    let until: chrono::DateTime<chrono::Utc> = body["pauses"][0]["paused_until"].as_str().unwrap().parse().unwrap();
+    for replica in &mut first {
+        replica.kill9();
+    }
+    let calls = world.sim.stats().chat_requests;
+
+    let second = [world.spawn_process(&[]), world.spawn_process(&[])];
+    for replica in &second {
+        // Each new replica read the pause from the broker before it could lead.
+        replica
+            .wait_ready_body(WAIT, |_, body| body["pauses"][0]["code"] == "1308")
+            .await;
+    }
+    while chrono::Utc::now() < until - chrono::Duration::milliseconds(500) {
+        assert_eq!(
+            world.sim.stats().chat_requests,
+            calls,
+            "a call reached the provider before the reset at {until}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let results = world.results(4, WAIT).await;
+    assert!(results.iter().all(|r| r["status"] == "completed"), "{results:#?}");
+    let logs: String = second.iter().map(WorkerProcess::log_text).collect();
+    assert!(logs.contains("the pause log says"), "{logs}");
+}
