@@ -10,9 +10,11 @@
 #     newest Kubernetes it knows and the oldest one supported here (1.27); the set that
 #     kustomization.yaml lists is rendered with `kubectl kustomize` or `kustomize build` when one
 #     is installed, else each listed file is validated on its own.
-#   - the KEDA objects (custom resources, which kubernetes-validate has no schema for: it would
-#     only warn) by a structural check of their own, and the settings that must agree across
-#     files (ports, user id, drain timeout vs. grace periods).
+#   - the custom resources (KEDA's ScaledObject and TriggerAuthentication, the Cluster Operator's
+#     RabbitmqCluster), which kubernetes-validate has no schema for (it would only warn), by a
+#     structural check of their own; the built-in kinds in the same files go through
+#     kubernetes-validate like the rest. And the settings that must agree across files (ports,
+#     user id, drain timeout vs. grace periods, the Secret key KEDA reads).
 #
 # Prints what it validated; exits non-zero if anything is invalid.
 #
@@ -29,7 +31,9 @@ K8S_OLDEST=1.27.0                 # PodDisruptionBudget.unhealthyPodEvictionPoli
 k8s_dir=deploy/kubernetes
 compose_file=deploy/docker-compose.yml
 # Files in deploy/kubernetes that kustomization.yaml deliberately does not list.
-optional_manifests=(secret.yaml keda-scaledobject.yaml)
+optional_manifests=(secret.yaml keda-scaledobject.yaml rabbitmq-cluster.yaml)
+# API groups of custom resources: kubernetes-validate has no schema for them (checked below instead).
+custom_groups_re='^apiVersion:[[:space:]]*"?(keda\.sh|rabbitmq\.com)/'
 
 failures=()
 fail() { failures+=("$*"); printf 'FAIL %s\n' "$*"; }
@@ -140,20 +144,49 @@ validate() { # label version file...
   fi
 }
 
-manifests=()
+# Writes the documents of a file that are not custom resources to another file (none: no file);
+# prints the custom resources it left out.
+builtin_only() { # file out
+  "${python[@]}" - "$1" "$2" <<'PY'
+import re, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+custom = lambda d: re.match(r"(keda\.sh|rabbitmq\.com)/", str(d.get("apiVersion", "")))
+builtin = [d for d in docs if not custom(d)]
+if builtin:
+    with open(sys.argv[2], "w") as out:
+        yaml.safe_dump_all(builtin, out, sort_keys=False)
+print(", ".join(f"{d.get('kind')} ({d.get('apiVersion')})" for d in docs if custom(d)))
+PY
+}
+
+manifests=()        # labels
+manifest_files=()   # what kubernetes-validate reads for each
 for file in "$k8s_dir"/*.yaml "$k8s_dir"/*.yml; do
   [[ -e "$file" ]] || continue
   case "$(basename "$file")" in
-    kustomization.yaml|kustomization.yml) ;;
-    keda-*.yaml|keda-*.yml) note "$file: KEDA custom resources, no schema in kubernetes-validate: checked below" ;;
-    *) manifests+=("$file") ;;
+    kustomization.yaml|kustomization.yml) continue ;;
   esac
+  if grep -Eq "$custom_groups_re" "$file"; then
+    builtin="$scratch/builtin-$(basename "$file")"
+    if ! custom=$(builtin_only "$file" "$builtin"); then
+      fail "$file: not readable as YAML"
+      continue
+    fi
+    note "$file: custom resources, no schema in kubernetes-validate, checked below: $custom"
+    if [[ -s "$builtin" ]]; then
+      manifests+=("$file (its built-in kinds)")
+      manifest_files+=("$builtin")
+    fi
+  else
+    manifests+=("$file")
+    manifest_files+=("$file")
+  fi
 done
 if ((${#manifests[@]} == 0)); then
   fail "no manifest found in $k8s_dir"
 else
   for version in "$k8s_latest" "$K8S_OLDEST"; do
-    for file in "${manifests[@]}"; do validate "$file" "$version" "$file"; done
+    for i in "${!manifests[@]}"; do validate "${manifests[$i]}" "$version" "${manifest_files[$i]}"; done
   done
 fi
 
@@ -195,8 +228,8 @@ else
   note "neither kustomize nor kubectl can render the kustomization here: its files were validated one by one above"
 fi
 
-# ---------------------------------------------------------------- KEDA and cross-file checks
-section "KEDA objects and settings that must agree"
+# ---------------------------------------------------------------- custom resources and cross-file checks
+section "custom resources (KEDA, RabbitmqCluster) and settings that must agree"
 "${python[@]}" - "$k8s_dir" "$compose_file" "$scratch/compose.rendered.yml" <<'PY' || fail "structural checks (see above)"
 import glob, os, re, sys, yaml
 
@@ -216,13 +249,16 @@ for path in sorted(glob.glob(os.path.join(k8s_dir, "*.yaml"))):
 
 deployment = find("Deployment", docs)[0]
 config = find("ConfigMap", docs)[0]["data"]
-secret_keys = {k for s in find("Secret", docs) for k in list(s.get("stringData", {})) + list(s.get("data", {}))}
+secrets = {s["metadata"]["name"]: {**s.get("data", {}), **s.get("stringData", {})} for s in find("Secret", docs)}
+secret_text = {s["metadata"]["name"]: s.get("stringData", {}) for s in find("Secret", docs)}  # data is base64
+secret_keys = {k for values in secrets.values() for k in values}
 pod = deployment["spec"]["template"]["spec"]
 container = pod["containers"][0]
 
 # KEDA: the objects exist, point at each other and at the Deployment, and scale on the jobs queue.
 keda_files = glob.glob(os.path.join(k8s_dir, "keda-*.yaml"))
 for path in keda_files:
+    before = len(errors)
     keda = load(path)
     scaled = find("ScaledObject", keda)
     auths = {d["metadata"]["name"]: d for d in find("TriggerAuthentication", keda)}
@@ -245,6 +281,16 @@ for path in keda_files:
                 errors.append(f"{path}: trigger type {trigger.get('type')!r} is not rabbitmq")
             if meta.get("queueName") != "review.jobs":
                 errors.append(f"{path}: queueName {meta.get('queueName')!r} is not review.jobs")
+            # Over AMQP KEDA counts only ready messages and would scale away replicas mid-review;
+            # the management API's QueueLength counts ready + unacknowledged.
+            if meta.get("protocol") != "http":
+                errors.append(f"{path}: protocol {meta.get('protocol')!r} is not http (AMQP counts only ready messages)")
+            if meta.get("mode") != "QueueLength":
+                errors.append(f"{path}: mode {meta.get('mode')!r} is not QueueLength")
+            if str(meta.get("excludeUnacknowledged", "false")).lower() == "true":
+                errors.append(f"{path}: excludeUnacknowledged would count only ready messages again")
+            if "host" in meta and not str(meta["host"]).startswith(("http://", "https://")):
+                errors.append(f"{path}: host is not an http(s):// management API URL")
             if not all(isinstance(v, str) for v in meta.values()):
                 errors.append(f"{path}: trigger metadata values must all be strings")
             ref = trigger.get("authenticationRef", {}).get("name")
@@ -263,7 +309,54 @@ for path in keda_files:
                             errors.append(f"{path}: TriggerAuthentication env {env.get('name')} is set by neither the ConfigMap nor the Secret")
                         if env.get("containerName", container["name"]) != container["name"]:
                             errors.append(f"{path}: TriggerAuthentication containerName is not the worker's container")
-    print(f"ok   {path}: {len(scaled)} ScaledObject(s), {len(auths)} TriggerAuthentication(s)")
+                    for target in params.get("secretTargetRef", []):
+                        where = f"{path}: TriggerAuthentication secretTargetRef {target.get('name')}/{target.get('key')}"
+                        if target.get("name") not in secrets:
+                            errors.append(f"{where}: no Secret of that name in {k8s_dir}")
+                        elif target.get("key") not in secrets[target["name"]]:
+                            errors.append(f"{where}: the Secret has no such key")
+                        elif target.get("parameter") == "host":
+                            value = secret_text[target["name"]].get(target["key"])
+                            if value is not None and not str(value).startswith(("http://", "https://")):
+                                errors.append(f"{where}: the value is not an http(s):// management API URL")
+    if len(errors) == before:
+        print(f"ok   {path}: {len(scaled)} ScaledObject(s), {len(auths)} TriggerAuthentication(s)")
+
+# RabbitmqCluster (the Cluster Operator's): an odd number of nodes, at least three, so that the
+# quorum queues keep a majority through the loss of a node; a PodDisruptionBudget in the same file
+# that never lets voluntary disruptions take that majority.
+for path in sorted(glob.glob(os.path.join(k8s_dir, "*.yaml"))):
+    if os.path.basename(path) == "kustomization.yaml":
+        continue
+    file_docs = load(path)
+    clusters = [d for d in file_docs if d.get("kind") == "RabbitmqCluster" or str(d.get("apiVersion", "")).startswith("rabbitmq.com/")]
+    for rc in clusters:
+        before = len(errors)
+        name = rc.get("metadata", {}).get("name")
+        if rc.get("kind") != "RabbitmqCluster":
+            errors.append(f"{path}: {name}: kind {rc.get('kind')!r} is not RabbitmqCluster")
+        if rc.get("apiVersion") != "rabbitmq.com/v1beta1":
+            errors.append(f"{path}: RabbitmqCluster {name}: apiVersion {rc.get('apiVersion')!r} is not rabbitmq.com/v1beta1")
+        spec = rc.get("spec") or {}
+        replicas = spec.get("replicas")
+        if not (isinstance(replicas, int) and replicas >= 3 and replicas % 2 == 1):
+            errors.append(f"{path}: RabbitmqCluster {name}: replicas {replicas!r} is not an odd number >= 3")
+            replicas = None
+        if not (spec.get("persistence") or {}).get("storage"):
+            errors.append(f"{path}: RabbitmqCluster {name}: no persistence.storage (quorum queues need their data to survive a restart)")
+        pdbs = [d for d in file_docs if d.get("kind") == "PodDisruptionBudget"
+                and d["metadata"].get("namespace") == rc["metadata"].get("namespace")
+                and d["spec"].get("selector", {}).get("matchLabels") == {"app.kubernetes.io/name": name}]
+        if not pdbs:
+            errors.append(f"{path}: RabbitmqCluster {name}: no PodDisruptionBudget selecting app.kubernetes.io/name: {name}")
+        for pdb in pdbs:
+            spec_pdb = pdb["spec"]
+            if replicas and "maxUnavailable" in spec_pdb and not (isinstance(spec_pdb["maxUnavailable"], int) and spec_pdb["maxUnavailable"] <= replicas // 2):
+                errors.append(f"{path}: PodDisruptionBudget {pdb['metadata']['name']}: maxUnavailable {spec_pdb['maxUnavailable']!r} could take the majority of {replicas} nodes")
+            if replicas and "minAvailable" in spec_pdb and not (isinstance(spec_pdb["minAvailable"], int) and spec_pdb["minAvailable"] > replicas // 2):
+                errors.append(f"{path}: PodDisruptionBudget {pdb['metadata']['name']}: minAvailable {spec_pdb['minAvailable']!r} is not a majority of {replicas} nodes")
+        if len(errors) == before:
+            print(f"ok   {path}: RabbitmqCluster {name}, {replicas} nodes, {len(pdbs)} PodDisruptionBudget(s)")
 
 # Ports, user and timeouts that several files repeat.
 port = int(config.get("WORKER_HEALTH_PORT", "3334"))
@@ -350,4 +443,4 @@ if ((${#failures[@]})); then
   printf '  - %s\n' "${failures[@]}"
   exit 1
 fi
-echo "deployment files: all valid (docker-compose config; kubernetes-validate --strict; KEDA and cross-file checks; Dockerfile static checks)"
+echo "deployment files: all valid (docker-compose config; kubernetes-validate --strict; KEDA, RabbitmqCluster and cross-file checks; Dockerfile static checks)"
