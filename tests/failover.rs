@@ -12,6 +12,7 @@ use review_worker::sim::{SimArgs, SimHandle};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
+const JOBS: usize = 4;
 
 fn job_ids(results: &[Value]) -> Vec<String> {
     let mut ids: Vec<String> = results
@@ -36,12 +37,12 @@ async fn leader(replicas: &[WorkerProcess]) -> usize {
     }
 }
 
-/// Slow calls (so that one is in flight when the token goes), a cap of 1 that the simulator
-/// enforces with 1302, two replicas and six jobs.
+/// Slow calls (4 s, so that one is still in flight when the token goes, however long the broker
+/// takes to act), a cap of 1 that the simulator enforces with 1302, two replicas and four jobs.
 async fn two_replicas_mid_review(world: &mut World) -> (Vec<WorkerProcess>, usize) {
     let replicas = vec![world.spawn_process(&[]), world.spawn_process(&[])];
     world.wait_for_consumers(1, WAIT).await;
-    for i in 0..6 {
+    for i in 0..JOBS {
         world.publish_job(&job(&format!("lead-{i}"))).await;
     }
     eventually(WAIT, "a review in flight", || async {
@@ -54,10 +55,10 @@ async fn two_replicas_mid_review(world: &mut World) -> (Vec<WorkerProcess>, usiz
 
 /// Every job completed once, never two calls at once, and no call beyond the one abandoned.
 async fn no_overlap_and_nothing_lost(world: &mut World, replicas: &[WorkerProcess]) {
-    let results = world.results(6, WAIT).await;
+    let results = world.results(JOBS, WAIT).await;
     let logs: String = replicas.iter().map(WorkerProcess::log_text).collect();
     assert!(results.iter().all(|r| r["status"] == "completed"), "{results:#?}");
-    let expected: Vec<String> = (0..6).map(|i| format!("lead-{i}")).collect();
+    let expected: Vec<String> = (0..JOBS).map(|i| format!("lead-{i}")).collect();
     assert_eq!(job_ids(&results), expected, "each job once");
     let stats = world.sim.stats();
     assert_eq!(
@@ -75,7 +76,7 @@ async fn no_overlap_and_nothing_lost(world: &mut World, replicas: &[WorkerProces
 #[tokio::test]
 async fn deleting_the_leadership_queue_stops_the_leader_before_anyone_else_calls() {
     let sim = SimArgs {
-        latency_ms: 1_500,
+        latency_ms: 4_000,
         max_concurrency: 1,
         ..Default::default()
     };
@@ -98,7 +99,7 @@ async fn deleting_the_leadership_queue_stops_the_leader_before_anyone_else_calls
 async fn closing_the_leaders_connection_hands_over_without_two_calls_at_once() {
     let node = PrivateNode::start();
     let sim = SimHandle::spawn(SimArgs {
-        latency_ms: 1_500,
+        latency_ms: 4_000,
         max_concurrency: 1,
         ..Default::default()
     })
@@ -123,6 +124,29 @@ async fn closing_the_leaders_connection_hands_over_without_two_calls_at_once() {
     node.ctl(&["close_connection", &pid, "test: the leader's connection closes"]);
 
     no_overlap_and_nothing_lost(&mut world, &replicas).await;
+
+    // The order, from the replicas' own clocks: the old leader stopped (it gives its calls in
+    // flight 0.5 s, then abandons them) before the new one started consuming.
+    let old = replicas[leading].log_text();
+    let new = replicas[1 - leading].log_text();
+    let lost = first_time(&old, "lost the leadership").expect("the old leader logged the loss");
+    let started = first_time(&new, "now the leader").expect("the other replica took over");
+    let stopped = lost + chrono::Duration::milliseconds(500);
+    eprintln!(
+        "handover: the new leader started {} ms after the old one noticed the loss, {} ms after its last call ended",
+        (started - lost).num_milliseconds(),
+        (started - stopped).num_milliseconds()
+    );
+    assert!(
+        started > stopped,
+        "the new leader started at {started}, before the old one stopped at {stopped}"
+    );
+}
+
+/// When a log line containing `needle` was written (text logs start with an RFC 3339 time).
+fn first_time(log: &str, needle: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let line = log.lines().find(|line| line.contains(needle))?;
+    line.split_whitespace().next()?.parse().ok()
 }
 
 #[tokio::test]
