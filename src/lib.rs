@@ -16,10 +16,12 @@
 //! - [`review`]: one job's review, broker-free.
 //! - [`limits`]: the adaptive in-flight limit and the provider pause state.
 //! - [`executor`]: runs a review under the limits; retries; decides wait, pause or fail.
-//! - [`coordination`]: the deployment-wide side: one leader calls the provider; pause broadcasts.
+//! - [`coordination`]: the deployment-wide side: one leader calls the provider (a quorum queue's
+//!   token); the pause log (a stream) every replica reads before it may lead; replica identity.
 //! - [`broker`]: topology, confirmed publishing, dead letters, delay tiers.
 //! - [`worker`]: one delivery step and the consume loop with graceful shutdown.
-//! - [`app`]: builds the worker from settings; `run(settings, shutdown)`.
+//! - [`app`]: builds the worker from settings; `run(settings, shutdown)`; reconnects, round-robin
+//!   over the brokers of `API_RABBITMQ_URI`, with jittered backoff.
 //! - [`check`]: the provider probe (`GET /models`).
 //! - [`health`]: `/health`, `/ready` and `/metrics`.
 //! - [`status`]: readiness flags and job metrics.

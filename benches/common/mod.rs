@@ -36,6 +36,7 @@ pub(crate) async fn teardown(broker: &Broker) {
     let channel = broker.channel().await.unwrap();
     let mut queues = vec![t.jobs_queue.clone(), t.results_queue.clone(), t.dead_queue.clone()];
     queues.extend(DELAY_TIERS.iter().map(|(label, _)| t.own(&format!("retry.{label}"))));
+    queues.extend([t.own("leadership"), t.own("pauses")]);
     for q in queues {
         let _ = channel
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())

@@ -266,7 +266,7 @@ impl Drop for World {
                         .iter()
                         .map(|(label, _)| topology.own(&format!("retry.{label}"))),
                 );
-                for extra in ["permits", "leader", "state"] {
+                for extra in ["leadership", "pauses"] {
                     queues.push(topology.own(extra));
                 }
                 for queue in queues {
@@ -274,7 +274,7 @@ impl Drop for World {
                         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                         .await;
                 }
-                for exchange in [topology.exchange.clone(), topology.dlx.clone(), topology.own("control")] {
+                for exchange in [topology.exchange.clone(), topology.dlx.clone()] {
                     let _ = channel
                         .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
                         .await;
