@@ -38,7 +38,7 @@ use lapin::{BasicProperties, Channel, Consumer};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{Instrument as _, Span, info, warn};
 
 use crate::broker::Broker;
 use crate::executor::{Executor, Lane};
@@ -126,53 +126,60 @@ impl Coordination {
 
         let (leader_tx, leader) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        tasks.spawn(hold_token(tokens, broker.clone(), leadership, leader_tx));
+        // Tasks carry the caller's span, so their lines name the broker node too.
+        tasks.spawn(hold_token(tokens, broker.clone(), leadership, leader_tx).instrument(Span::current()));
 
         let me = replica.to_owned();
-        tasks.spawn({
-            let lanes = lanes.clone();
-            async move {
-                while let Some(delivery) = entries.next().await {
-                    let delivery = delivery.context("the pause log subscription failed")?;
-                    if let Some(entry) = PauseLog::read(&delivery).await?
-                        && entry.from() != me
-                    {
-                        apply(&lanes, &entry, true);
+        tasks.spawn(
+            {
+                let lanes = lanes.clone();
+                async move {
+                    while let Some(delivery) = entries.next().await {
+                        let delivery = delivery.context("the pause log subscription failed")?;
+                        if let Some(entry) = PauseLog::read(&delivery).await?
+                            && entry.from() != me
+                        {
+                            apply(&lanes, &entry, true);
+                        }
                     }
+                    bail!("the broker cancelled the pause log subscription")
                 }
-                bail!("the broker cancelled the pause log subscription")
             }
-        });
+            .instrument(Span::current()),
+        );
         for lane in lanes {
             let broker = broker.clone();
             let from = replica.to_owned();
             let leading = leader.clone();
             let log = log.clone();
-            tasks.spawn(async move {
-                let mut changes = lane.pause.subscribe();
-                while changes.changed().await.is_ok() {
-                    // Only the leader calls the provider, so only its changes are news.
-                    if !*leading.borrow() {
-                        continue;
+            tasks.spawn(
+                async move {
+                    let mut changes = lane.pause.subscribe();
+                    while changes.changed().await.is_ok() {
+                        // Only the leader calls the provider, so only its changes are news.
+                        if !*leading.borrow() {
+                            continue;
+                        }
+                        let lane_label = lane.label().to_owned();
+                        let entry = match changes.borrow_and_update().clone() {
+                            Some(pause) => Entry::Pause {
+                                from: from.clone(),
+                                lane: lane_label,
+                                pause,
+                            },
+                            None => Entry::Resume {
+                                from: from.clone(),
+                                lane: lane_label,
+                            },
+                        };
+                        if let Err(error) = log.append(&broker, &entry).await {
+                            warn!("could not write a pause change to the pause log: {error:#}");
+                        }
                     }
-                    let lane_label = lane.label().to_owned();
-                    let entry = match changes.borrow_and_update().clone() {
-                        Some(pause) => Entry::Pause {
-                            from: from.clone(),
-                            lane: lane_label,
-                            pause,
-                        },
-                        None => Entry::Resume {
-                            from: from.clone(),
-                            lane: lane_label,
-                        },
-                    };
-                    if let Err(error) = log.append(&broker, &entry).await {
-                        warn!("could not write a pause change to the pause log: {error:#}");
-                    }
+                    Ok(())
                 }
-                Ok(())
-            });
+                .instrument(Span::current()),
+            );
         }
 
         Ok(Self {
