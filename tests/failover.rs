@@ -193,3 +193,30 @@ async fn replicas_restarted_during_a_quota_window_make_no_call_before_the_reset(
     let logs: String = second.iter().map(WorkerProcess::log_text).collect();
     assert!(logs.contains("the pause log says"), "{logs}");
 }
+
+#[tokio::test]
+async fn a_node_that_accepts_but_never_answers_is_left_for_the_next_uri_of_the_list() {
+    // Accepts TCP and then says nothing: a node half-dead, or a wrong port.
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute_uri = format!("amqp://guest:guest@{}/%2f", mute.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = mute.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let mut world = World::new("mutenode", SimArgs::default()).await;
+    let list = format!("{mute_uri},{}", world.uri);
+    world.set("API_RABBITMQ_URI", &list);
+    let worker = world.spawn_process(&[]);
+    world.publish_job(&job("mute-0")).await;
+
+    let results = world.results(1, WAIT).await;
+    assert_eq!(results[0]["status"], "completed", "{results:#?}");
+    let body = worker.wait_ready_body(WAIT, |status, _| status == 200).await;
+    assert_eq!(body["broker"], common::redact(&world.uri), "{body:#}");
+    let log = worker.log_text();
+    assert!(log.contains("no answer within 15s"), "{log}");
+    assert!(!log.contains("guest:guest"), "passwords are masked: {log}");
+    held.abort();
+}

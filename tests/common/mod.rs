@@ -541,3 +541,8 @@ pub async fn eventually<F: std::future::Future<Output = bool>>(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A broker URI as the worker shows it: password masked.
+pub fn redact(uri: &str) -> String {
+    review_worker::settings::redact_uri(uri)
+}
