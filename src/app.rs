@@ -104,10 +104,14 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         .await
         .with_context(|| format!("cannot listen on {health_addr} (WORKER_HEALTH_PORT)"))?;
     info!(addr = %listener.local_addr()?, "health, readiness and metrics on http://{}/health, /ready, /metrics", listener.local_addr()?);
+    // The recorder is installed here, before anything is counted (the first connection attempt
+    // included), not in the spawned server.
+    let metrics = crate::health::metrics_handle();
     let health = tokio::spawn(crate::health::serve(
         listener,
         status.clone(),
         executor.clone(),
+        metrics,
         stopping(),
     ));
 

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use chrono::Utc;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
@@ -19,7 +19,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use secrecy::ExposeSecret;
 
-use crate::contract::{FailureKind, ReviewResult, one_line, rfc3339};
+use crate::contract::{ReviewResult, one_line, rfc3339};
+use crate::fate::{Counters, DeadKind};
 use crate::settings::{BrokerSettings, Topology, redact_uri};
 
 /// Bound on connecting: TCP, the AMQP handshake and opening the publishing channel.
@@ -36,6 +37,10 @@ pub mod headers {
     pub const NOT_BEFORE: &str = "x-review-not-before";
     /// Epoch milliseconds when the worker first saw the job (for `API_REVIEW_MAX_JOB_AGE`).
     pub const FIRST_SEEN: &str = "x-review-first-seen";
+    /// Times the broker refused this job's result (the result is kept meanwhile).
+    pub const PUBLISH_FAILURES: &str = "x-review-publish-failures";
+    /// Times the worker's task failed (panicked) on this job.
+    pub const INTERNAL_ERRORS: &str = "x-review-internal-errors";
     pub const ERROR_KIND: &str = "x-review-error-kind";
     pub const ERROR_MESSAGE: &str = "x-review-error-message";
     pub const FAILED_AT: &str = "x-review-failed-at";
@@ -63,6 +68,12 @@ pub fn tier_for(delay: Duration) -> (&'static str, Duration) {
         .copied()
         .unwrap_or(DELAY_TIERS[0])
 }
+
+/// The broker answered a publish with a nack (a queue over its limit with `reject-publish`, a
+/// node out of resources): the connection works, the message was not taken.
+#[derive(Debug, thiserror::Error)]
+#[error("refused by the broker")]
+pub(crate) struct Refused;
 
 /// A connection with a publishing channel in confirm mode.
 #[derive(Debug)]
@@ -123,6 +134,18 @@ impl Envelope {
         }
         self.properties.clone().with_headers(table).with_delivery_mode(2)
     }
+}
+
+/// The job's first-seen time, or now for a job seen for the first time (or one whose header lies
+/// in the future).
+fn first_seen(job: &Envelope) -> AMQPValue {
+    let now = Utc::now().timestamp_millis();
+    let seen = job
+        .header_u64(headers::FIRST_SEEN)
+        .and_then(|ms| i64::try_from(ms).ok())
+        .filter(|ms| *ms <= now)
+        .unwrap_or(now);
+    AMQPValue::LongLongInt(seen)
 }
 
 fn long_string(text: &str) -> AMQPValue {
@@ -387,7 +410,9 @@ impl Broker {
         })??;
         match confirm {
             Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Nack(_) => bail!("the broker refused (nack) a publish to `{exchange}`/`{routing_key}`"),
+            Confirmation::Nack(_) => Err(anyhow::Error::new(Refused).context(format!(
+                "the broker refused (nack) a publish to `{exchange}`/`{routing_key}`"
+            ))),
         }
     }
 
@@ -415,11 +440,11 @@ impl Broker {
 
     /// Dead-letters a job body with the contract's headers; the original body and properties
     /// are kept so that replaying is publishing the body again.
-    pub async fn dead_letter(
+    pub(crate) async fn dead_letter(
         &self,
         body: &[u8],
         job: &Envelope,
-        kind: FailureKind,
+        kind: DeadKind,
         message: &str,
         attempts: u32,
     ) -> anyhow::Result<()> {
@@ -438,32 +463,44 @@ impl Broker {
             .await
     }
 
-    /// Puts a job back to wait `delay` (capped at 7 days) with its attempts header set, through
-    /// the delay tiers. The caller acks the original only after this returns: republish-then-ack
-    /// keeps the quorum queue's delivery count (and any delivery limit) out of it.
-    pub async fn requeue_later(
+    /// Puts a job back to wait `delay` (capped at 7 days) with its counters written to its
+    /// headers, through the delay tiers. The caller acks the original only after this returns:
+    /// republish-then-ack keeps the quorum queue's delivery count (and any delivery limit) out
+    /// of it.
+    pub(crate) async fn requeue_later(
         &self,
         body: &[u8],
         job: &Envelope,
-        attempts: u32,
+        counters: Counters,
         delay: Duration,
     ) -> anyhow::Result<()> {
         let delay = delay.min(MAX_DELAY);
-        let not_before = Utc::now().timestamp_millis() + delay.as_millis() as i64;
-        let first_seen = job
-            .header_u64(headers::FIRST_SEEN)
-            .map_or_else(|| Utc::now().timestamp_millis(), |v| v as i64);
+        let not_before = Utc::now() + delay;
         let properties = job.with_headers(&[
-            (headers::ATTEMPTS, AMQPValue::LongLongInt(i64::from(attempts))),
-            (headers::NOT_BEFORE, AMQPValue::LongLongInt(not_before)),
-            (headers::FIRST_SEEN, AMQPValue::LongLongInt(first_seen)),
+            (headers::ATTEMPTS, AMQPValue::LongLongInt(i64::from(counters.attempts))),
+            (
+                headers::PUBLISH_FAILURES,
+                AMQPValue::LongLongInt(i64::from(counters.publish_failures)),
+            ),
+            (
+                headers::INTERNAL_ERRORS,
+                AMQPValue::LongLongInt(i64::from(counters.internal_errors)),
+            ),
+            (
+                headers::NOT_BEFORE,
+                AMQPValue::LongLongInt(not_before.timestamp_millis()),
+            ),
+            (headers::FIRST_SEEN, first_seen(job)),
         ]);
         self.delay_publish(body, properties, delay).await
     }
 
-    /// Sends a job that came back early round another tier, headers untouched.
-    pub async fn hop(&self, body: &[u8], job: &Envelope, remaining: Duration) -> anyhow::Result<()> {
-        self.delay_publish(body, job.properties.clone(), remaining).await
+    /// Sends a job that came back early round another tier. Its headers stay as they are, but
+    /// for a first-seen time when it has none: a producer's not-before alone must not let a job
+    /// hop past its maximum age.
+    pub(crate) async fn hop(&self, body: &[u8], job: &Envelope, remaining: Duration) -> anyhow::Result<()> {
+        let properties = job.with_headers(&[(headers::FIRST_SEEN, first_seen(job))]);
+        self.delay_publish(body, properties, remaining).await
     }
 
     async fn delay_publish(&self, body: &[u8], properties: BasicProperties, delay: Duration) -> anyhow::Result<()> {

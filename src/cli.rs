@@ -119,12 +119,30 @@ pub async fn review_once(settings: &Settings, args: &ReviewArgs) -> anyhow::Resu
     };
     let executor = crate::app::build_executor(settings)?;
     let started = chrono::Utc::now();
-    match executor.review(&job).await {
-        Ok(completed) => Ok(crate::worker::completed_result(&job, &completed, 1, started)),
-        Err(crate::executor::JobFailure::Fail { kind, message, .. }) => {
-            Ok(crate::contract::ReviewResult::failed(&job.job_id, kind, message, 1))
-        }
-        Err(wait @ crate::executor::JobFailure::Wait { .. }) => anyhow::bail!("the provider cannot review now: {wait}"),
+    let unfinished = match executor.review(&job).await {
+        Ok(completed) => return Ok(crate::worker::completed_result(&job, &completed, 1, started)),
+        Err(unfinished) => unfinished,
+    };
+    // The same decision table as the worker's, for a job seen for the first time.
+    let facts = crate::fate::Facts {
+        counters: crate::fate::Counters::default(),
+        age: None,
+        not_before_in: None,
+        now: chrono::Utc::now(),
+    };
+    match crate::fate::decide(crate::fate::Event::Unfinished(&unfinished), &facts, &settings.review) {
+        crate::fate::Fate::DeadLetter {
+            message,
+            attempts,
+            result: Some(kind),
+            ..
+        } => Ok(crate::contract::ReviewResult::failed(
+            &job.job_id,
+            kind,
+            message,
+            attempts,
+        )),
+        _ => anyhow::bail!("the provider cannot review now: {unfinished}"),
     }
 }
 

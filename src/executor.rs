@@ -16,7 +16,8 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use tracing::{error, info, warn};
 
-use crate::contract::{FailureKind, Job, Usage};
+use crate::contract::Job;
+use crate::fate::Unfinished;
 use crate::limits::{AdaptiveLimit, Pause, PauseState};
 use crate::provider::{Action, ChatAnswer, Message, Provider, ProviderError};
 use crate::review::{self, Review, ReviewError};
@@ -81,26 +82,6 @@ pub struct Completed {
     pub provider: String,
     pub model: String,
     pub used_fallback: bool,
-}
-
-/// Why a job did not complete.
-#[derive(Debug, thiserror::Error)]
-pub enum JobFailure {
-    /// Fails for good: a `failed` result and a dead letter.
-    #[error("{kind:?}: {message}")]
-    Fail {
-        kind: FailureKind,
-        message: String,
-        usage: Usage,
-    },
-    /// Goes back to the queue to wait `delay`; `count_attempt` is false for waits that are not
-    /// the job's fault (quota windows, account problems, rate limits).
-    #[error("wait {delay:?} (attempt counted: {count_attempt}): {reason}")]
-    Wait {
-        delay: Duration,
-        count_attempt: bool,
-        reason: String,
-    },
 }
 
 #[derive(Debug, Clone)]
@@ -181,18 +162,15 @@ impl Executor {
         self.lanes().for_each(|lane| lane.limit.close());
     }
 
-    /// Reviews one job on whichever lane is usable.
-    pub async fn review(&self, job: &Job) -> Result<Completed, JobFailure> {
+    /// Reviews one job on whichever lane is usable. What a review that stopped short means for
+    /// the job is not decided here but in [`crate::fate::decide`].
+    pub async fn review(&self, job: &Job) -> Result<Completed, Unfinished> {
         // Two rounds at most: main, then the fallback if main paused during the first.
-        let mut last_error = None;
-        for _ in 0..2 {
-            let lane = match self.active_lane() {
-                Ok(lane) => lane,
-                Err(pause) => return Err(wait_for_pause(&pause)),
-            };
-            let prepared = review::prepare(job, lane.provider.model()).map_err(provider_failure)?;
-            let outcome = review::run(job, prepared, &LaneCall { executor: self, lane }).await;
-            match outcome {
+        let mut first_round = true;
+        loop {
+            let lane = self.active_lane().map_err(Unfinished::Paused)?;
+            let prepared = review::prepare(job, lane.provider.model())?;
+            match review::run(job, prepared, &LaneCall { executor: self, lane }).await {
                 Ok(review) => {
                     return Ok(Completed {
                         review,
@@ -201,24 +179,15 @@ impl Executor {
                         used_fallback: lane.is_fallback,
                     });
                 }
+                // The lane is paused now; another round takes the fallback if there is one.
                 Err(ReviewError::Provider(e))
-                    if matches!(e.action(), Action::PauseUntilReset | Action::PauseAccount) =>
+                    if first_round && matches!(e.action(), Action::PauseUntilReset | Action::PauseAccount) =>
                 {
-                    // The lane is paused now; another round takes the fallback if there is one.
-                    last_error = Some(e);
+                    first_round = false;
                 }
-                Err(other) => return Err(provider_failure(other)),
+                Err(other) => return Err(other.into()),
             }
         }
-        let pause = self.main.pause.current();
-        Err(match (pause, last_error) {
-            (Some(pause), _) => wait_for_pause(&pause),
-            (None, error) => JobFailure::Wait {
-                delay: Duration::from_secs(1),
-                count_attempt: false,
-                reason: error.map_or_else(|| "provider paused".to_owned(), |e| e.to_string()),
-            },
-        })
     }
 
     /// One model call under the lane's limit, with local retries for what is worth retrying.
@@ -395,22 +364,6 @@ impl Executor {
     }
 }
 
-fn wait_for_pause(pause: &Pause) -> JobFailure {
-    let delay = (pause.until - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-    JobFailure::Wait {
-        // An account pause has no known end. A short wait costs nothing: the leader does not
-        // consume while paused, so the job comes back to the jobs queue and stays there until
-        // the probe succeeds, and then it is first in line.
-        delay: if pause.needs_probe {
-            FIRST_PROBE_DELAY
-        } else {
-            delay.max(Duration::from_secs(1))
-        },
-        count_attempt: false,
-        reason: format!("provider paused ({}, code {})", pause.reason, pause.code),
-    }
-}
-
 fn paused_error(pause: &Pause) -> ProviderError {
     if pause.needs_probe {
         ProviderError::Account {
@@ -426,43 +379,5 @@ fn paused_error(pause: &Pause) -> ProviderError {
             reset_at: Some(pause.until),
             message: pause.reason.clone(),
         }
-    }
-}
-
-/// What a failed review means for the job: fail it for good, or let it wait.
-fn provider_failure(error: ReviewError) -> JobFailure {
-    match error {
-        ReviewError::InvalidJob(message) => JobFailure::Fail {
-            kind: FailureKind::InvalidJob,
-            message,
-            usage: Usage::default(),
-        },
-        ReviewError::BadModelOutput { message, usage } => JobFailure::Fail {
-            kind: FailureKind::BadModelOutput,
-            message,
-            usage,
-        },
-        ReviewError::Provider(e) => match e.action() {
-            Action::Reject => JobFailure::Fail {
-                kind: FailureKind::ProviderRejected,
-                message: e.to_string(),
-                usage: Usage::default(),
-            },
-            Action::Retry => JobFailure::Wait {
-                delay: Duration::from_secs(10),
-                count_attempt: true,
-                reason: e.to_string(),
-            },
-            Action::RetrySoon { .. } => JobFailure::Wait {
-                delay: Duration::from_secs(2),
-                count_attempt: false,
-                reason: e.to_string(),
-            },
-            Action::PauseUntilReset | Action::PauseAccount => JobFailure::Wait {
-                delay: Duration::from_secs(5),
-                count_attempt: false,
-                reason: e.to_string(),
-            },
-        },
     }
 }

@@ -138,12 +138,13 @@ pub(crate) async fn serve(
     listener: TcpListener,
     status: WorkerStatus,
     executor: Executor,
+    metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let shared = Shared {
         status,
         executor,
-        metrics: metrics_handle(),
+        metrics,
     };
     let router = Router::new()
         .route("/health", get(health))

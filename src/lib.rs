@@ -15,7 +15,8 @@
 //! - [`anchor`]: pinning suggestions to changed lines; severity and count filters.
 //! - [`review`]: one job's review, broker-free.
 //! - [`limits`]: the adaptive in-flight limit and the provider pause state.
-//! - [`executor`]: runs a review under the limits; retries; decides wait, pause or fail.
+//! - [`executor`]: runs a review under the limits; retries; pauses lanes on quota and account codes.
+//! - [`fate`]: the decision table: what happens to a job (review, publish, hop, wait, dead-letter).
 //! - [`coordination`]: the deployment-wide side: one leader calls the provider (a quorum queue's
 //!   token); the pause log (a stream) every replica reads before it may lead; replica identity.
 //! - [`broker`]: topology, confirmed publishing, dead letters, delay tiers.
@@ -40,6 +41,7 @@ pub(crate) mod contract;
 pub(crate) mod coordination;
 pub(crate) mod diff;
 pub(crate) mod executor;
+pub(crate) mod fate;
 pub(crate) mod health;
 pub(crate) mod limits;
 pub(crate) mod prompt;

@@ -32,7 +32,7 @@ pub struct Review {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ReviewError {
+pub enum ReviewError {
     /// The job itself cannot be reviewed (a diff that is no diff, a bad glob).
     #[error("{0}")]
     InvalidJob(String),

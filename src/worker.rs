@@ -7,52 +7,30 @@
 //! broker did not confirm, so a crash at any point leaves it in the queue (at-least-once).
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chrono::Utc;
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span, error, info, info_span, warn};
 
-use crate::broker::{Broker, Envelope, headers};
+use crate::broker::{Broker, Envelope, Refused};
 use crate::contract::{FailureKind, Job, RESULT_SCHEMA_ID, ReviewResult, Status, parse_job, rfc3339};
 use crate::coordination::Coordination;
-use crate::executor::{Completed, Executor, JobFailure};
+use crate::executor::{Completed, Executor};
+use crate::fate::{DeadKind, Event, Facts, Fate, decide};
 use crate::settings::ReviewSettings;
 use crate::status::{Role, WorkerStatus};
 
-/// What one delivery came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    Completed,
-    Failed(FailureKind),
-    /// Back in a delay tier; `counted` says whether the attempt was charged.
-    Waiting {
-        delay: Duration,
-        counted: bool,
-    },
-    /// Came back from a delay tier early and went round another.
-    Hopped,
-}
-
-impl Outcome {
-    pub(crate) fn label(&self) -> &'static str {
-        match self {
-            Self::Completed => "completed",
-            Self::Failed(kind) => kind.as_str(),
-            Self::Waiting { .. } => "waiting",
-            Self::Hopped => "hopped",
-        }
-    }
-}
-
-/// Results reviewed but not confirmed by the broker (the connection dropped first), by job id:
-/// when the job is redelivered its result is published from here instead of reviewing it again.
+/// Results reviewed but not confirmed by the broker (the connection dropped first, or the broker
+/// refused them), by job id: when the job is redelivered its result is published from here
+/// instead of reviewing it again.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PendingResults {
     inner: Arc<std::sync::Mutex<std::collections::HashMap<String, ReviewResult>>>,
@@ -97,82 +75,40 @@ pub(crate) struct Abandoned;
 
 impl Worker {
     /// One step: handles a job message completely, up to (not including) its ack. `Ok` means
-    /// everything it published is confirmed and the message may be acked.
-    pub(crate) async fn handle_delivery(&self, body: &[u8], envelope: &Envelope) -> anyhow::Result<Outcome> {
-        let now_ms = Utc::now().timestamp_millis();
-        if let Some(not_before) = envelope.header_u64(headers::NOT_BEFORE) {
-            let remaining = not_before as i64 - now_ms;
-            if remaining > 200 {
-                self.broker
-                    .hop(body, envelope, Duration::from_millis(remaining as u64))
-                    .await
-                    .context("send an early job round another delay tier")?;
-                return Ok(Outcome::Hopped);
-            }
-        }
-
+    /// everything it published is confirmed and the message may be acked; it carries the
+    /// outcome's label.
+    pub(crate) async fn handle_delivery(&self, body: &[u8], envelope: &Envelope) -> anyhow::Result<&'static str> {
         let job = match parse_job(body, self.review.max_job_bytes) {
             Ok(job) => job,
             Err((invalid, job_id)) => {
                 warn!(job_id = job_id.as_deref().unwrap_or("-"), routing_key = %envelope.routing_key, "invalid job, dead-lettering it: {invalid}");
-                if let Some(job_id) = &job_id {
-                    let result = ReviewResult::failed(job_id, FailureKind::InvalidJob, invalid.to_string(), 1);
-                    self.broker
-                        .publish_result(&result, envelope)
-                        .await
-                        .context("publish the invalid_job result")?;
-                }
-                self.broker
-                    .dead_letter(body, envelope, FailureKind::InvalidJob, &invalid.to_string(), 1)
-                    .await
-                    .context("dead-letter an invalid job")?;
-                self.status.record(Outcome::Failed(FailureKind::InvalidJob).label());
-                return Ok(Outcome::Failed(FailureKind::InvalidJob));
+                let fate = Fate::DeadLetter {
+                    kind: DeadKind::Failed(FailureKind::InvalidJob),
+                    message: invalid.to_string(),
+                    attempts: 1,
+                    result: Some(FailureKind::InvalidJob),
+                };
+                return self.settle(fate, job_id.as_deref(), body, envelope).await;
             }
         };
-
         let span = info_span!("job", job_id = %job.job_id, repository = %job.repository.full_name, pr = job.pull_request.number);
         self.review_job(job, body, envelope).instrument(span).await
     }
 
-    async fn review_job(&self, job: Job, body: &[u8], envelope: &Envelope) -> anyhow::Result<Outcome> {
-        if let Some(result) = self.pending.take(&job.job_id) {
-            if let Err(error) = self.broker.publish_result(&result, envelope).await {
-                self.pending.keep(result);
-                return Err(error.context("republish a result kept from a lost connection"));
-            }
-            info!(
-                outcome = "completed",
-                "republished the result kept from a lost connection for {}", job.job_id
-            );
-            self.status.record(Outcome::Completed.label());
-            return Ok(Outcome::Completed);
+    async fn review_job(&self, job: Job, body: &[u8], envelope: &Envelope) -> anyhow::Result<&'static str> {
+        let facts = Facts::read(envelope, job.created_at, Utc::now(), &self.review);
+        match decide(Event::Delivered, &facts, &self.review) {
+            Fate::Review => {}
+            fate => return self.settle(fate, Some(&job.job_id), body, envelope).await,
         }
-        let attempts_before = envelope.header_u64(headers::ATTEMPTS).unwrap_or(0) as u32;
-        let attempt = attempts_before + 1;
+        if let Some(result) = self.pending.take(&job.job_id) {
+            info!("publishing the result kept from an earlier delivery of {}", job.job_id);
+            return self.publish(result, &facts, body, envelope).await;
+        }
+        inject_fault(&job);
+
         let started_at = Utc::now();
         let clock = Instant::now();
-
-        if let Some(age) = self.age(&job, envelope)
-            && age > self.review.max_job_age
-        {
-            let message = format!(
-                "the job is {}s old, older than API_REVIEW_MAX_JOB_AGE ({}s)",
-                age.as_secs(),
-                self.review.max_job_age.as_secs()
-            );
-            return self
-                .fail(
-                    &job,
-                    body,
-                    envelope,
-                    FailureKind::Expired,
-                    &message,
-                    attempt.max(attempts_before),
-                )
-                .await;
-        }
-
         let _in_flight = self.status.start_review();
         let reviewed = tokio::select! {
             reviewed = self.executor.review(&job) => reviewed,
@@ -181,117 +117,146 @@ impl Worker {
         };
         match reviewed {
             Ok(completed) => {
-                let result = completed_result(&job, &completed, attempt, started_at);
-                if let Err(error) = self.broker.publish_result(&result, envelope).await {
-                    // The review is paid for: keep it for when the job comes back.
-                    self.pending.keep(result);
-                    return Err(error.context("publish the result (kept for when the job comes back)"));
-                }
+                let attempts = facts.counters.attempts.saturating_add(1);
+                let result = completed_result(&job, &completed, attempts, started_at);
                 let usage = &completed.review.usage;
                 info!(
                     provider = %completed.provider, model = %completed.model, outcome = "completed",
                     latency_ms = clock.elapsed().as_millis() as u64, prompt_tokens = usage.prompt_tokens,
                     completion_tokens = usage.completion_tokens, suggestions = completed.review.suggestions.len(),
-                    used_fallback = completed.used_fallback, attempt,
+                    used_fallback = completed.used_fallback, attempt = attempts,
                     "review {}#{} by {} {}: {} suggestion(s) in {} ms",
                     job.repository.full_name, job.pull_request.number, completed.provider, completed.model,
                     completed.review.suggestions.len(), clock.elapsed().as_millis()
                 );
                 self.status.observe_review(&completed, clock.elapsed());
-                self.status.record(Outcome::Completed.label());
-                Ok(Outcome::Completed)
+                self.publish(result, &facts, body, envelope).await
             }
-            Err(JobFailure::Fail { kind, message, .. }) => {
-                self.fail(&job, body, envelope, kind, &message, attempt).await
-            }
-            Err(JobFailure::Wait {
-                delay,
-                count_attempt,
-                reason,
-            }) => {
-                if count_attempt && attempt >= self.review.max_attempts {
-                    let message = format!("gave up after {attempt} attempt(s); last error: {reason}");
-                    return self
-                        .fail(&job, body, envelope, FailureKind::AttemptsExhausted, &message, attempt)
-                        .await;
-                }
-                let attempts = if count_attempt { attempt } else { attempts_before };
-                let delay = if count_attempt {
-                    retry_delay(attempt).max(delay)
-                } else {
-                    delay
-                };
-                self.broker
-                    .requeue_later(body, envelope, attempts, delay)
-                    .await
-                    .context("put the job back to wait")?;
-                info!(
-                    outcome = "waiting",
-                    delay_s = delay.as_secs(),
-                    attempt_counted = count_attempt,
-                    attempts,
-                    "job {} waits {}s: {reason}",
-                    job.job_id,
-                    delay.as_secs()
-                );
-                self.status.record("waiting");
-                Ok(Outcome::Waiting {
-                    delay,
-                    counted: count_attempt,
-                })
+            Err(unfinished) => {
+                let fate = decide(Event::Unfinished(&unfinished), &facts, &self.review);
+                self.settle(fate, Some(&job.job_id), body, envelope).await
             }
         }
     }
 
-    async fn fail(
+    /// Publishes a reviewed job's result. A result the broker does not confirm is kept (the
+    /// review is paid for): on a lost connection the job comes back by itself; a refusal on a
+    /// working connection goes through the decision table (wait, then dead-letter).
+    async fn publish(
         &self,
-        job: &Job,
+        result: ReviewResult,
+        facts: &Facts,
         body: &[u8],
         envelope: &Envelope,
-        kind: FailureKind,
-        message: &str,
-        attempts: u32,
-    ) -> anyhow::Result<Outcome> {
-        let result = ReviewResult::failed(&job.job_id, kind, message, attempts);
-        self.broker
-            .publish_result(&result, envelope)
-            .await
-            .context("publish the failed result")?;
-        self.broker
-            .dead_letter(body, envelope, kind, message, attempts)
-            .await
-            .context("dead-letter the failed job")?;
-        warn!(
-            outcome = kind.as_str(),
-            attempts,
-            "review {}#{} failed ({}): {message}",
-            job.repository.full_name,
-            job.pull_request.number,
-            kind.as_str()
-        );
-        self.status.record(kind.as_str());
-        Ok(Outcome::Failed(kind))
+    ) -> anyhow::Result<&'static str> {
+        match self.broker.publish_result(&result, envelope).await {
+            Ok(()) => {
+                self.status.record("completed");
+                Ok("completed")
+            }
+            Err(error) => {
+                let job_id = result.job_id.clone();
+                self.pending.keep(result);
+                // Only a refusal is the job's problem; anything else is the connection's, and the
+                // job comes back after the reconnect.
+                if !error.is::<Refused>() {
+                    return Err(error.context("publish the result (kept for when the job comes back)"));
+                }
+                warn!("the broker refused the result of {job_id}: {error:#}");
+                let fate = decide(Event::PublishFailed, facts, &self.review);
+                self.settle(fate, Some(&job_id), body, envelope).await
+            }
+        }
     }
 
-    /// Age from the job's `created_at`, else from when the worker first saw it.
-    fn age(&self, job: &Job, envelope: &Envelope) -> Option<Duration> {
-        let born_ms = job
-            .created_at
-            .map(|at| at.timestamp_millis())
-            .or_else(|| envelope.header_u64(headers::FIRST_SEEN).map(|ms| ms as i64))?;
-        u64::try_from(Utc::now().timestamp_millis() - born_ms)
-            .ok()
-            .map(Duration::from_millis)
+    /// Applies a fate that takes the job out of the jobs queue: round a tier, back to wait, or
+    /// dead-lettered (with a `failed` result where the contract has a kind for it).
+    async fn settle(
+        &self,
+        fate: Fate,
+        job_id: Option<&str>,
+        body: &[u8],
+        envelope: &Envelope,
+    ) -> anyhow::Result<&'static str> {
+        let label = fate.label();
+        let job_id = job_id.unwrap_or("-");
+        match fate {
+            Fate::Review => anyhow::bail!("reviewing does not settle a job"),
+            Fate::Hop { delay } => {
+                self.broker
+                    .hop(body, envelope, delay)
+                    .await
+                    .context("send an early job round another delay tier")?;
+            }
+            Fate::Wait {
+                delay,
+                counters,
+                reason,
+            } => {
+                self.broker
+                    .requeue_later(body, envelope, counters, delay)
+                    .await
+                    .context("put the job back to wait")?;
+                info!(
+                    outcome = label,
+                    delay_s = delay.as_secs(),
+                    attempts = counters.attempts,
+                    "job {job_id} waits {}s: {reason}",
+                    delay.as_secs()
+                );
+            }
+            Fate::DeadLetter {
+                kind,
+                message,
+                attempts,
+                result,
+            } => {
+                if let (Some(result), true) = (result, job_id != "-") {
+                    let failed = ReviewResult::failed(job_id, result, message.as_str(), attempts);
+                    self.broker
+                        .publish_result(&failed, envelope)
+                        .await
+                        .context("publish the failed result")?;
+                }
+                self.broker
+                    .dead_letter(body, envelope, kind, &message, attempts)
+                    .await
+                    .context("dead-letter the job")?;
+                warn!(
+                    outcome = label,
+                    attempts, "job {job_id} failed ({label}), dead-lettered: {message}"
+                );
+            }
+        }
+        self.status.record(label);
+        Ok(label)
     }
 
     /// Handles one delivery and settles it with the broker: ack after success, otherwise
-    /// requeue after a pause (the broker or the network failed; the job is not at fault).
+    /// requeue after a pause (the broker or the network failed; the job is not at fault). A panic
+    /// in the job's handling is caught here and the job settled through the decision table, so
+    /// no job is left unacked by a bug.
     pub(crate) async fn process(&self, delivery: Delivery) {
         let envelope = Envelope {
             routing_key: delivery.routing_key.as_str().to_owned(),
             properties: delivery.properties.clone(),
         };
-        match self.handle_delivery(&delivery.data, &envelope).await {
+        let handled = AssertUnwindSafe(self.handle_delivery(&delivery.data, &envelope))
+            .catch_unwind()
+            .await;
+        let handled = match handled {
+            Ok(handled) => handled,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_owned());
+                drop(panic);
+                self.settle_panic(&delivery.data, &envelope, &what).await
+            }
+        };
+        match handled {
             Ok(_) => {
                 if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                     // The channel is gone; the broker requeues the job by itself.
@@ -319,6 +284,17 @@ impl Worker {
                     .await;
             }
         }
+    }
+
+    async fn settle_panic(&self, body: &[u8], envelope: &Envelope, what: &str) -> anyhow::Result<&'static str> {
+        let job_id = parse_job(body, self.review.max_job_bytes).ok().map(|job| job.job_id);
+        error!(
+            job_id = job_id.as_deref().unwrap_or("-"),
+            "the worker failed on a job (a bug; please report it): {what}"
+        );
+        let facts = Facts::read(envelope, None, Utc::now(), &self.review);
+        let fate = decide(Event::Panicked, &facts, &self.review);
+        self.settle(fate, job_id.as_deref(), body, envelope).await
     }
 
     /// The loop. Campaigns for leadership; while this replica leads and a provider lane is
@@ -488,12 +464,6 @@ const LAST_CALLS: Duration = Duration::from_millis(500);
 /// keep it) before their tasks are aborted.
 const ABANDON_WAIT: Duration = Duration::from_secs(5);
 
-/// Backoff for jobs whose attempt counted: 10 s, 20 s, 40 s, … capped at 10 minutes.
-fn retry_delay(attempt: u32) -> Duration {
-    let seconds = 10u64.saturating_mul(1 << attempt.saturating_sub(1).min(6));
-    Duration::from_secs(seconds.min(600))
-}
-
 /// The `completed` result for a review.
 pub(crate) fn completed_result(
     job: &Job,
@@ -521,14 +491,15 @@ pub(crate) fn completed_result(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_delays_grow_and_are_capped() {
-        assert_eq!(retry_delay(1), Duration::from_secs(10));
-        assert_eq!(retry_delay(2), Duration::from_secs(20));
-        assert_eq!(retry_delay(30), Duration::from_secs(600));
-    }
+/// Test builds only: a job whose id starts with `test-panic-` makes its task panic, so that the
+/// tests can prove a panic never leaves a job unacked. Release builds have no such path.
+fn inject_fault(job: &Job) {
+    #[cfg(debug_assertions)]
+    assert!(
+        !job.job_id.starts_with("test-panic-"),
+        "fault injected for a test job ({})",
+        job.job_id
+    );
+    #[cfg(not(debug_assertions))]
+    let _ = job;
 }

@@ -215,6 +215,16 @@ async fn a_node_that_accepts_but_never_answers_is_left_for_the_next_uri_of_the_l
     assert_eq!(results[0]["status"], "completed", "{results:#?}");
     let body = worker.wait_ready_body(WAIT, |status, _| status == 200).await;
     assert_eq!(body["broker"], common::redact(&world.uri), "{body:#}");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", worker.health_port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("review_broker_connection_attempts_total 2"),
+        "one attempt at the mute node, one at the next:\n{metrics}"
+    );
     let log = worker.log_text();
     assert!(log.contains("no answer within 15s"), "{log}");
     assert!(!log.contains("guest:guest"), "passwords are masked: {log}");

@@ -239,7 +239,7 @@ async fn the_worker_survives_a_broker_restart_and_reviews_each_job_exactly_once(
     );
     assert!(log.contains("lost the RabbitMQ connection"), "{log}");
     assert!(
-        log.contains("republished the result kept from a lost connection"),
+        log.contains("publishing the result kept from an earlier delivery"),
         "{log}"
     );
     assert!(log.contains("connected to RabbitMQ"), "{log}");

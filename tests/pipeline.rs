@@ -196,8 +196,14 @@ async fn a_job_is_never_acked_without_its_confirmed_result() {
     let _ = worker.stop().await;
     // The worker may have reconnected (redeclaring the exchange) and published by now; what must
     // never happen is the job leaving the queue without its result.
-    let queued = world.queue_len(&world.topology.jobs_queue).await;
-    let published = world.no_more_results(Duration::from_millis(300)).await;
+    // A quorum queue's count may lag a requeue by a moment: look for a few seconds.
+    let mut published = Vec::new();
+    let mut queued = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while queued as usize + published.len() == 0 && tokio::time::Instant::now() < deadline {
+        queued = world.queue_len(&world.topology.jobs_queue).await;
+        published.extend(world.no_more_results(Duration::from_millis(100)).await);
+    }
     assert_eq!(
         queued as usize + published.len(),
         1,
