@@ -248,7 +248,7 @@ async fn connect(settings: &Settings, node: usize, replica: &str) -> anyhow::Res
     // The replica in the connection's name: the management UI and `rabbitmqctl
     // list_connections` show which replica is which.
     let broker = Broker::connect_to(&settings.broker, node, &format!("review-worker {replica}")).await?;
-    if let Err(error) = broker.declare_topology().await {
+    if let Err(error) = broker.declare_topology_within(Duration::from_secs(30)).await {
         broker.close().await;
         return Err(error.context(format!("could not declare the topology on {}", broker.node())));
     }

@@ -240,11 +240,21 @@ impl Broker {
         }
     }
 
+    /// Opens a channel, bounded like the handshake: a node that stops answering turns into the
+    /// ordinary reconnect path.
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        self.connection
-            .create_channel()
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connection.create_channel())
             .await
+            .map_err(|_| anyhow::anyhow!("no answer within {HANDSHAKE_TIMEOUT:?}"))
+            .and_then(|opened| opened.map_err(anyhow::Error::new))
             .context("could not open a channel")
+    }
+
+    /// Declares the topology, bounded: see [`Broker::declare_topology`].
+    pub(crate) async fn declare_topology_within(&self, limit: Duration) -> anyhow::Result<()> {
+        tokio::time::timeout(limit, self.declare_topology())
+            .await
+            .map_err(|_| anyhow::anyhow!("the broker did not answer the declarations within {limit:?}"))?
     }
 
     /// Declares the contract's exchanges and queues and the worker's own delay tiers. Safe to

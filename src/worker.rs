@@ -310,7 +310,14 @@ impl Worker {
         drain: Duration,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let mut coordination = Coordination::start(&self.broker, &self.executor, replica).await?;
+        // Bounded: a node that accepts the connection but stalls on declarations (a quorum queue
+        // without a leader yet) is a failed connection, and the reconnect loop tries the next.
+        let mut coordination = tokio::time::timeout(
+            Duration::from_secs(30),
+            Coordination::start(&self.broker, &self.executor, replica),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("the broker did not set up leadership and the pause log within 30s"))??;
         let channel = self.broker.jobs_channel(prefetch).await?;
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
