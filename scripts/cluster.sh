@@ -48,15 +48,8 @@ dist_port_of() { # as scripts/rabbitmq.sh: AMQP + 20000, or 20000 below for port
   if (( port + 20000 <= 65535 )); then echo $(( port + 20000 )); else echo $(( port - 20000 )); fi
 }
 
-install_server() {
-  if [[ -x $sbin/rabbitmq-server ]]; then return; fi
-  say "rabbitmq-server is not installed: installing Debian's package"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2
-  # The package starts a system node via its init script where one exists; policy-rc.d stops that.
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  apt-get install -y -qq rabbitmq-server >&2
-  rm -f /usr/sbin/policy-rc.d
+install_server() { # the same as for one private node
+  "$(dirname "${BASH_SOURCE[0]}")/rabbitmq.sh" install
 }
 
 # The environment rabbitmq-server and rabbitmqctl need for node N (in the current shell).

@@ -8,6 +8,7 @@
 #   scripts/rabbitmq.sh stop PORT     stop the private node on PORT, if this script started it
 #   scripts/rabbitmq.sh stop-ensured  stop the node `ensure` started, if it started one
 #   scripts/rabbitmq.sh ctl PORT ARGS rabbitmqctl ARGS against the private node on PORT
+#   scripts/rabbitmq.sh install       install Debian's rabbitmq-server if it is missing
 #
 # A private node lives in /tmp/review-worker-rabbitmq-PORT: its own node name, cookie, Erlang
 # distribution port (PORT+20000) and data, so it can be killed and restarted by tests.
@@ -109,6 +110,7 @@ case "${1:-}" in
   start) start_node "${2:?port}" ;;
   stop) stop_node "${2:?port}" ;;
   stop-ensured) stop_node "$port" ;;
+  install) install_server ;;
   ctl) node_env "${2:?port}"; shift 2; exec /usr/lib/rabbitmq/bin/rabbitmqctl -q "$@" ;;
-  *) say "usage: $0 ensure | start PORT | stop PORT | stop-ensured | ctl PORT ARGS..."; exit 2 ;;
+  *) say "usage: $0 ensure | start PORT | stop PORT | stop-ensured | ctl PORT ARGS... | install"; exit 2 ;;
 esac

@@ -263,18 +263,13 @@ impl Worker {
                     warn!("could not ack a job (it will be redelivered): {e}");
                 }
             }
-            Err(e) if e.is::<Abandoned>() => {
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await;
-            }
             Err(e) => {
-                error!("job not settled, returning it to the queue: {e:#}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                // An abandoned review goes straight back; anything else is the broker's or the
+                // network's trouble, and a second's pause keeps a failing broker from a hot loop.
+                if !e.is::<Abandoned>() {
+                    error!("job not settled, returning it to the queue: {e:#}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 let _ = delivery
                     .acker
                     .nack(BasicNackOptions {
