@@ -148,6 +148,17 @@ fn first_seen(job: &Envelope) -> AMQPValue {
     AMQPValue::LongLongInt(seen)
 }
 
+/// An AMQP short string (at most 255 bytes), cut at a character boundary. Valid jobs' ids are at
+/// most 128 bytes; this is for the `failed` result of a job refused because its id is longer,
+/// whose message id would otherwise not fit (and lapin panics on one that does not).
+fn short_string(text: &str) -> ShortString {
+    let mut end = text.len().min(255);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    ShortString::from(&text[..end])
+}
+
 fn long_string(text: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(text.as_bytes().to_vec()))
 }
@@ -433,8 +444,8 @@ impl Broker {
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
-            .with_message_id(format!("{}:result", result.job_id).into())
-            .with_correlation_id(job.correlation_id(&result.job_id).into())
+            .with_message_id(short_string(&format!("{}:result", result.job_id)))
+            .with_correlation_id(short_string(&job.correlation_id(&result.job_id)))
             .with_timestamp(Utc::now().timestamp() as u64);
         let main = self.publish_confirmed(&self.topology.exchange, result.routing_key(), &body, properties.clone());
         match job.reply_to() {
@@ -553,6 +564,15 @@ mod tests {
             .with_message_id("m".into())
             .with_correlation_id("c".into());
         assert_eq!(envelope(both).correlation_id("j"), "c");
+    }
+
+    #[test]
+    fn short_strings_are_cut_to_255_bytes_on_a_character_boundary() {
+        let id = "é".repeat(200);
+        let cut = short_string(&format!("{id}:result"));
+        assert!(cut.as_str().len() <= 255);
+        assert!(cut.as_str().chars().all(|c| c == 'é'));
+        assert_eq!(short_string("job-1:result").as_str(), "job-1:result");
     }
 
     #[test]
