@@ -89,6 +89,10 @@ pub enum ProviderError {
         code: Option<String>,
         message: String,
     },
+    /// An answer body larger than `limit` bytes: not read further. A review is tens of
+    /// kilobytes; megabytes are a broken proxy or a runaway answer, which a retry may not repeat.
+    #[error("answer body over {limit} bytes (HTTP {status}): refused unread")]
+    TooLarge { status: u16, limit: usize },
 }
 
 fn code_suffix(code: &Option<String>) -> String {
@@ -152,7 +156,7 @@ impl ProviderError {
 
     pub fn action(&self) -> Action {
         match self {
-            Self::Connection { .. } | Self::Timeout(_) | Self::Server { .. } => Action::Retry,
+            Self::Connection { .. } | Self::Timeout(_) | Self::Server { .. } | Self::TooLarge { .. } => Action::Retry,
             Self::RateLimited { code, .. } => Action::RetrySoon {
                 lower_cap: code.as_deref() == Some("1302"),
             },
@@ -167,6 +171,7 @@ impl ProviderError {
         match self {
             Self::Connection { .. } | Self::Timeout(_) => None,
             Self::QuotaExhausted { code, .. } => Some(code.clone()),
+            Self::TooLarge { status, .. } => Some(status.to_string()),
             Self::Server { status, code, .. }
             | Self::RateLimited { status, code, .. }
             | Self::Account { status, code, .. }
@@ -180,6 +185,7 @@ impl ProviderError {
             Self::Connection { .. } => "connection error",
             Self::Timeout(_) => "timeout",
             Self::Server { .. } => "server error",
+            Self::TooLarge { .. } => "answer too large",
             Self::RateLimited { code, .. } => match code.as_deref() {
                 Some("1302") => "too much concurrency",
                 Some("1303") => "too many requests",
@@ -493,6 +499,17 @@ mod tests {
     fn a_numeric_code_is_read_like_a_string() {
         let e = ProviderError::from_response(429, r#"{"error":{"code":1302,"message":"x"}}"#);
         assert_eq!(e.code().as_deref(), Some("1302"));
+    }
+
+    #[test]
+    fn an_oversized_body_is_a_transient_failure() {
+        let e = ProviderError::TooLarge {
+            status: 200,
+            limit: 4 << 20,
+        };
+        assert_eq!(e.action(), Action::Retry);
+        assert_eq!(e.meaning(), "answer too large");
+        assert_eq!(e.code().as_deref(), Some("200"));
     }
 
     #[test]
