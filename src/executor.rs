@@ -270,7 +270,7 @@ impl Executor {
         let provider = lane.provider.name();
         let model = lane.provider.model();
         let code = error.code().unwrap_or_else(|| "-".to_owned());
-        metrics::counter!("review_provider_answers_total", "provider" => provider.to_owned(), "code" => code.clone())
+        metrics::counter!("review_provider_answers_total", "provider" => provider.to_owned(), "code" => error.code_label())
             .increment(1);
         match error.action() {
             Action::RetrySoon { lower_cap: true } => {

@@ -124,12 +124,16 @@ impl ProviderError {
         let parsed: Option<Value> = serde_json::from_str(body).ok();
         let error = parsed.as_ref().and_then(|v| v.get("error"));
         // Z.AI sends the code as a string; accept a number too, and the `type` of the
-        // code-less 401 shape only as a fallback for the status.
-        let code = error.and_then(|e| e.get("code")).and_then(|c| match c {
-            Value::String(s) if !s.is_empty() => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        });
+        // code-less 401 shape only as a fallback for the status. Anything that is not a short
+        // token is no code: it would travel into logs, `/ready` and the pause log.
+        let code = error
+            .and_then(|e| e.get("code"))
+            .and_then(|c| match c {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .filter(|c| is_code_token(c));
         let message = error
             .and_then(|e| e.get("message"))
             .and_then(Value::as_str)
@@ -212,6 +216,33 @@ impl ProviderError {
             Self::Rejected { .. } => "request rejected",
         }
     }
+
+    /// The code as a metric label: one of the codes this module classifies, an HTTP status it
+    /// classifies, `-` when nothing answered, else `other`. The provider may send any string,
+    /// and each new label value is a new time series for as long as the process lives.
+    pub fn code_label(&self) -> &'static str {
+        self.code().map_or("-", |code| known_code(&code).unwrap_or("other"))
+    }
+}
+
+/// Every code `classify` names, and the HTTP statuses it tells apart, as static labels.
+const KNOWN_CODES: &[&str] = &[
+    "1000", "1001", "1002", "1003", "1004", "1113", "1210", "1211", "1214", "1302", "1303", "1305", "1308", "1309",
+    "1310", "1311", "1312", "1313", "1316", "1317", "1318", "1319", "1320", "1321", "200", "400", "401", "403", "404",
+    "408", "409", "413", "422", "429", "500", "502", "503", "504",
+];
+
+fn known_code(code: &str) -> Option<&'static str> {
+    KNOWN_CODES.iter().copied().find(|known| *known == code)
+}
+
+/// Z.AI's codes are four digits; 32 characters of `[A-Za-z0-9_.-]` leave room for other
+/// providers' names (`rate_limit_exceeded`) without letting a page of text pass for a code.
+fn is_code_token(code: &str) -> bool {
+    (1..=32).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 fn classify(status: u16, code: Option<String>, message: String) -> ProviderError {
@@ -499,6 +530,35 @@ mod tests {
     fn a_numeric_code_is_read_like_a_string() {
         let e = ProviderError::from_response(429, r#"{"error":{"code":1302,"message":"x"}}"#);
         assert_eq!(e.code().as_deref(), Some("1302"));
+    }
+
+    #[test]
+    fn the_metric_label_is_a_known_code_or_other() {
+        assert_eq!(
+            class(429, "1308", "Usage limit reached for 5 hour.").code_label(),
+            "1308"
+        );
+        assert_eq!(class(429, "1313", "Fair Usage Policy").code_label(), "1313");
+        assert_eq!(ProviderError::from_response(502, "bad gateway").code_label(), "502");
+        assert_eq!(class(429, "1777", "something new").code_label(), "other");
+        assert_eq!(class(418, "teapot", "short and stout").code_label(), "other");
+        assert_eq!(ProviderError::from_response(599, "").code_label(), "other");
+        assert_eq!(ProviderError::Timeout(Duration::from_secs(1)).code_label(), "-");
+        let body = "x".repeat(4096);
+        assert_eq!(ProviderError::from_response(429, &body).code_label(), "429");
+    }
+
+    #[test]
+    fn a_code_that_is_not_a_short_token_is_no_code() {
+        let long = "1".repeat(33);
+        let e = class(429, &long, "x");
+        assert_eq!(e.code().as_deref(), Some("429"), "classified by the status alone");
+        let e = class(401, "1000\n<script>", "x");
+        assert_eq!(e.code().as_deref(), Some("401"));
+        assert_eq!(
+            class(429, "rate_limit_exceeded", "x").code().as_deref(),
+            Some("rate_limit_exceeded")
+        );
     }
 
     #[test]
