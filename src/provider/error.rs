@@ -139,7 +139,7 @@ impl ProviderError {
             .and_then(Value::as_str)
             .map(crate::contract::one_line)
             .unwrap_or_else(|| crate::contract::one_line(&body.chars().take(300).collect::<String>()));
-        classify(status, code, message)
+        classify(status, code, message, Utc::now())
     }
 
     /// At the probe (a cheap `GET /models`), a 1113 "insufficient balance" is what a key sent
@@ -245,7 +245,7 @@ fn is_code_token(code: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-fn classify(status: u16, code: Option<String>, message: String) -> ProviderError {
+fn classify(status: u16, code: Option<String>, message: String, now: DateTime<Utc>) -> ProviderError {
     use ProviderError::*;
     let account = |advice| Account {
         status,
@@ -268,7 +268,7 @@ fn classify(status: u16, code: Option<String>, message: String) -> ProviderError
                 "1310" => QuotaWindow::Weekly,
                 _ => window_from_message(&message),
             },
-            reset_at: parse_reset_time(&message),
+            reset_at: parse_reset_time(&message, now),
             message,
         },
         Some("1210" | "1214") => Rejected { status, code, message },
@@ -297,18 +297,23 @@ fn window_from_message(message: &str) -> QuotaWindow {
     }
 }
 
-/// Reads `YYYY-MM-DD HH:MM:SS` anywhere in the message as Beijing time (UTC+8), which is what
-/// Z.AI's quota API confirms for 1308 and what we assume for the other windows.
-pub(crate) fn parse_reset_time(message: &str) -> Option<DateTime<Utc>> {
+/// Reads `YYYY-MM-DD HH:MM:SS` in the message as Beijing time (UTC+8), which is what Z.AI's quota
+/// API confirms for 1308 and what we assume for the other windows. A reset lies ahead by
+/// definition, so of several times the earliest one after `now` is taken: another date earlier in
+/// the message (when the plan started, the time of the answer) must not pass for the reset. When
+/// none lies ahead (a skewed clock), the latest is returned and the caller treats it as past.
+pub(crate) fn parse_reset_time(message: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let beijing = chrono::FixedOffset::east_opt(8 * 3600)?;
-    message.char_indices().find_map(|(at, c)| {
+    let times = message.char_indices().filter_map(|(at, c)| {
         if !c.is_ascii_digit() {
             return None;
         }
         let candidate = message.get(at..at + 19)?;
         let naive = NaiveDateTime::parse_from_str(candidate, "%Y-%m-%d %H:%M:%S").ok()?;
         Some(beijing.from_local_datetime(&naive).single()?.with_timezone(&Utc))
-    })
+    });
+    let (ahead, behind): (Vec<_>, Vec<_>) = times.partition(|t| *t > now);
+    ahead.into_iter().min().or_else(|| behind.into_iter().max())
 }
 
 #[cfg(test)]
@@ -569,12 +574,39 @@ mod tests {
         };
         assert_eq!(e.action(), Action::Retry);
         assert_eq!(e.meaning(), "answer too large");
-        assert_eq!(e.code().as_deref(), Some("200"));
+        assert_eq!(e.code_label(), "200");
+    }
+
+    #[test]
+    fn of_several_times_in_a_message_the_first_one_ahead_is_the_reset() {
+        let now = Utc.with_ymd_and_hms(2026, 9, 8, 12, 0, 0).unwrap();
+        let message = "As of 2026-09-08 19:00:00 you used 100%. Your limit will reset at 2026-09-08 23:30:00";
+        assert_eq!(
+            crate::contract::rfc3339(parse_reset_time(message, now).unwrap()),
+            "2026-09-08T15:30:00Z"
+        );
+        let message = "Plan ends 2026-12-31 00:00:00; your limit will reset at 2026-09-08 23:30:00";
+        assert_eq!(
+            crate::contract::rfc3339(parse_reset_time(message, now).unwrap()),
+            "2026-09-08T15:30:00Z",
+            "the earliest time ahead, not the first in the text"
+        );
+    }
+
+    #[test]
+    fn a_message_whose_times_are_all_past_yields_the_latest_of_them() {
+        let now = Utc.with_ymd_and_hms(2026, 9, 9, 0, 0, 0).unwrap();
+        let message = "Since 2026-09-01 00:00:00. Your limit will reset at 2026-09-08 05:38:28";
+        assert_eq!(
+            crate::contract::rfc3339(parse_reset_time(message, now).unwrap()),
+            "2026-09-07T21:38:28Z"
+        );
     }
 
     #[test]
     fn reset_times_are_only_read_when_well_formed() {
-        assert!(parse_reset_time("reset at 2026-13-01 00:00:00").is_none());
-        assert!(parse_reset_time("no time here").is_none());
+        let now = Utc::now();
+        assert!(parse_reset_time("reset at 2026-13-01 00:00:00", now).is_none());
+        assert!(parse_reset_time("no time here", now).is_none());
     }
 }
