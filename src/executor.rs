@@ -30,7 +30,8 @@ const QUOTA_PAUSE_WITHOUT_TIME: Duration = Duration::from_secs(60);
 pub(crate) const MAX_QUOTA_PAUSE: Duration = Duration::from_secs(8 * 86_400);
 /// Margin after a window's announced reset: the reset time has second precision and clocks drift.
 pub(crate) const RESET_MARGIN: Duration = Duration::from_secs(5);
-/// First re-probe delay for account problems (doubles up to `MAX_PROBE_DELAY`).
+/// First pause for an account problem: until the first re-probe, or, for the problems a probe
+/// cannot see, until one call tries again. Doubles up to `MAX_PROBE_DELAY`.
 pub(crate) const FIRST_PROBE_DELAY: Duration = Duration::from_secs(5);
 pub(crate) const MAX_PROBE_DELAY: Duration = Duration::from_secs(300);
 
@@ -352,6 +353,37 @@ impl Executor {
                     };
                     warn!(provider, model, code, window = window.as_str(), reset_at = %reset, paused_until = %crate::contract::rfc3339(until), lane = lane.label(),
                         "{provider} {} quota exhausted (code {code}): pausing {} {model} until {}{note}", window.as_str(), lane.label(), crate::contract::rfc3339(until));
+                }
+            }
+            Action::PauseAccount if error.invisible_to_probe() => {
+                // Calls that started before the pause come back with the same answer: they say
+                // nothing new, and must not double the pause again.
+                if lane.pause.current().is_some_and(|p| !p.needs_probe && p.code == code) {
+                    return;
+                }
+                // `/models` answers 200 through these, so a probe would end the pause at once:
+                // the pause ends by the clock instead, and the next call is the probe.
+                let delay = lane.account_backoff();
+                let pause = Pause {
+                    until: Utc::now() + delay,
+                    code: code.clone(),
+                    reason: error.meaning().to_owned(),
+                    needs_probe: false,
+                };
+                lane.limit.half_open();
+                if lane.pause.pause(pause) {
+                    error!(
+                        provider,
+                        model,
+                        code,
+                        lane = lane.label(),
+                        pause_s = delay.as_secs(),
+                        "{provider} account problem (code {code}, {}): pausing {} for {} s, then one call; the pause doubles up to {} s until a call succeeds: {error}",
+                        error.meaning(),
+                        lane.label(),
+                        delay.as_secs(),
+                        MAX_PROBE_DELAY.as_secs()
+                    );
                 }
             }
             Action::PauseAccount => {

@@ -1,5 +1,5 @@
 //! The pause and backoff rules for what the provider answers: quota reset times that cannot be
-//! right.
+//! right, and account problems that the probe cannot see.
 
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use serde_json::{Map, json};
 
 use super::*;
 use crate::settings::{ProviderSettings, Thinking};
+use crate::sim::{SimArgs, SimConfig, SimHandle};
 
 fn lane_at(base: &str, cap: u32) -> Lane {
     let provider = Provider::new(&ProviderSettings {
@@ -127,4 +128,89 @@ async fn a_quota_answer_with_a_reset_a_month_ahead_pauses_eight_days() {
     );
     let (_, secs) = pause_secs(&executor.main, before);
     assert_eq!(secs, 8 * 86_400);
+}
+
+#[tokio::test]
+async fn fair_use_pauses_double_from_five_seconds_to_five_minutes_without_a_probe() {
+    let executor = quiet_executor(1);
+    let lane = &executor.main;
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        let before = Utc::now();
+        executor.on_error(lane, &answer(429, "1313", "Fair Usage Policy"));
+        let (pause, secs) = pause_secs(lane, before);
+        assert!(
+            !pause.needs_probe,
+            "the probe cannot see a 1313: the clock ends the pause"
+        );
+        assert_eq!(executor.probe_paused().await, 0, "nothing waits for a probe");
+        seen.push(secs);
+        // As if the pause had run out.
+        lane.pause.resume();
+    }
+    assert_eq!(seen, [5, 10, 20, 40, 80, 160, 300, 300]);
+}
+
+#[tokio::test]
+async fn a_fair_use_answer_to_a_call_made_before_the_pause_does_not_double_it() {
+    let executor = quiet_executor(2);
+    let lane = &executor.main;
+    let before = Utc::now();
+    executor.on_error(lane, &answer(429, "1313", "Fair Usage Policy"));
+    let (first, _) = pause_secs(lane, before);
+    executor.on_error(lane, &answer(429, "1313", "Fair Usage Policy"));
+    let (second, _) = pause_secs(lane, before);
+    assert_eq!(first, second);
+    lane.pause.resume();
+    executor.on_error(lane, &answer(429, "1313", "Fair Usage Policy"));
+    assert_eq!(pause_secs(lane, Utc::now()).1, 10, "the second pause, not the third");
+}
+
+#[tokio::test]
+async fn a_successful_probe_keeps_the_doubling_and_a_successful_call_starts_it_over() {
+    let sim = SimHandle::spawn(SimArgs {
+        fail_first: 1,
+        fail_first_code: 1313,
+        ..SimArgs::default()
+    })
+    .await
+    .unwrap();
+    let executor = Executor::new(lane_at(&format!("{}/", sim.coding_base_url()), 1), None);
+    let lane = &executor.main;
+    let messages = [Message::user("hi")];
+
+    let before = Utc::now();
+    let error = executor.call(lane, &messages).await.unwrap_err();
+    assert_eq!(error.code().as_deref(), Some("1313"));
+    assert_eq!(pause_secs(lane, before).1, 5);
+
+    crate::check::probe(&lane.provider)
+        .await
+        .expect("the probe succeeds through a 1313");
+    lane.pause.resume();
+    sim.configure(SimConfig {
+        fail_first: Some(1),
+        ..SimConfig::default()
+    });
+    let before = Utc::now();
+    executor.call(lane, &messages).await.unwrap_err();
+    assert_eq!(pause_secs(lane, before).1, 10, "the probe did not start it over");
+
+    lane.pause.resume();
+    executor.call(lane, &messages).await.expect("the plan works again");
+    sim.configure(SimConfig {
+        fail_first: Some(1),
+        ..SimConfig::default()
+    });
+    let before = Utc::now();
+    executor.call(lane, &messages).await.unwrap_err();
+    assert_eq!(pause_secs(lane, before).1, 5, "a successful call started it over");
+}
+
+#[tokio::test]
+async fn a_key_problem_still_waits_for_a_probe() {
+    let executor = quiet_executor(1);
+    executor.on_error(&executor.main, &answer(401, "1001", "Authorization Token is invalid"));
+    let pause = executor.main.pause.current().expect("paused");
+    assert!(pause.needs_probe);
 }

@@ -223,6 +223,12 @@ impl ProviderError {
     pub fn code_label(&self) -> &'static str {
         self.code().map_or("-", |code| known_code(&code).unwrap_or("other"))
     }
+
+    /// 1309 (plan expired), 1311 (model not in the plan), 1313 (fair-use throttle): account
+    /// problems that `GET /models` answers 200 to, so a successful probe says nothing about them.
+    pub fn invisible_to_probe(&self) -> bool {
+        matches!(self, Self::Account { code: Some(code), .. } if matches!(code.as_str(), "1309" | "1311" | "1313"))
+    }
 }
 
 /// Every code `classify` names, and the HTTP statuses it tells apart, as static labels.
@@ -564,6 +570,17 @@ mod tests {
             class(429, "rate_limit_exceeded", "x").code().as_deref(),
             Some("rate_limit_exceeded")
         );
+    }
+
+    #[test]
+    fn plan_expired_plan_model_and_fair_use_are_invisible_to_the_probe() {
+        for code in ["1309", "1311", "1313"] {
+            assert!(class(429, code, "x").invisible_to_probe(), "{code}");
+        }
+        for code in ["1000", "1113", "1211"] {
+            assert!(!class(401, code, "x").invisible_to_probe(), "{code}");
+        }
+        assert!(!ProviderError::from_response(404, "").invisible_to_probe());
     }
 
     #[test]
