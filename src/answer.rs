@@ -7,6 +7,8 @@
 //! array. All of those are read here, leniently, so that the rest of the worker sees one shape.
 //! Nothing here checks lines against the diff; that is `anchor`'s job.
 
+use std::cell::{Cell, OnceCell};
+
 use serde_json::{Map, Value};
 
 use crate::contract::Severity;
@@ -118,18 +120,20 @@ pub(crate) fn repair_instruction(error: &AnswerError) -> String {
 
 /// Tries every place a review may hide in `text`, in order of how deliberately it was put there.
 fn review_in_text(text: &str) -> Result<ModelReview, AnswerError> {
+    let spans = OnceCell::new();
     let candidates = std::iter::once(text.trim())
         .chain(fenced_blocks(text))
-        .chain(balanced_spans(text, b'{'))
-        .chain(balanced_spans(text, b'['))
+        .chain(balanced_spans(text, b'{', &spans))
+        .chain(balanced_spans(text, b'[', &spans))
         .take(MAX_CANDIDATES);
+    let budget = ParseBudget::for_text(text.len());
     let mut saw_json = false;
     for candidate in candidates {
-        let Some(value) = parse_json(candidate) else {
+        let Some(value) = parse_json(candidate, &budget) else {
             continue;
         };
         saw_json = true;
-        if let Some(review) = find_review(&value, true, 0) {
+        if let Some(review) = find_review(&value, true, 0, &budget) {
             return Ok(review);
         }
     }
@@ -139,6 +143,34 @@ fn review_in_text(text: &str) -> Result<ModelReview, AnswerError> {
     } else {
         AnswerError::NoJson { excerpt }
     })
+}
+
+/// How many bytes the JSON parser may be handed for one answer. Candidates nest (every object
+/// inside a span is a span too), so without a bound an answer of nested objects would be parsed
+/// once per level: quadratic. A real answer costs a few times its size (the whole text, a fence,
+/// the object, a repair pass); what is left after 16 times is not worth the CPU, and is skipped.
+#[derive(Debug)]
+struct ParseBudget(Cell<usize>);
+
+const PARSE_BYTES_PER_BYTE: usize = 16;
+const PARSE_BYTES_AT_LEAST: usize = 1 << 20;
+
+impl ParseBudget {
+    fn for_text(len: usize) -> Self {
+        Self(Cell::new(
+            len.saturating_mul(PARSE_BYTES_PER_BYTE).max(PARSE_BYTES_AT_LEAST),
+        ))
+    }
+
+    /// Takes `bytes` from what is left; takes nothing and says no when that is not enough.
+    fn spend(&self, bytes: usize) -> bool {
+        let left = self.0.get();
+        let enough = bytes <= left;
+        if enough {
+            self.0.set(left - bytes);
+        }
+        enough
+    }
 }
 
 /// Removes `<think>...</think>` blocks, whose drafts must not be mistaken for the answer.
@@ -190,18 +222,20 @@ fn fenced_blocks(text: &str) -> impl Iterator<Item = &str> {
 
 /// Balanced `{...}` (or `[...]`) spans that look like JSON, in order of their start, nested ones
 /// included: a span that is not a review may still contain one, and a stray brace in prose must
-/// not hide the answer that follows it.
-fn balanced_spans(text: &str, open: u8) -> impl Iterator<Item = &str> {
+/// not hide the answer that follows it. The table of where spans end is built on first use, once
+/// for both kinds of bracket.
+fn balanced_spans<'t>(text: &'t str, open: u8, spans: &'t OnceCell<SpanTable>) -> impl Iterator<Item = &'t str> {
     let bytes = text.as_bytes();
     let mut from = 0;
     std::iter::from_fn(move || {
+        let spans = spans.get_or_init(|| SpanTable::build(bytes));
         while let Some(offset) = bytes[from..].iter().position(|&b| b == open) {
             let start = from + offset;
             from = start + 1;
             if !looks_like_json_start(bytes, start) {
                 continue;
             }
-            if let Some(end) = balanced_end(bytes, start) {
+            if let Some(end) = spans.end(bytes, start) {
                 // Both ends are ASCII bytes, hence char boundaries.
                 return Some(&text[start..=end]);
             }
@@ -220,47 +254,184 @@ fn looks_like_json_start(bytes: &[u8], start: usize) -> bool {
     }
 }
 
-/// Where the bracket opened at `start` closes, skipping brackets inside strings.
-fn balanced_end(bytes: &[u8], start: usize) -> Option<usize> {
-    let mut closers = Vec::new();
-    let mut in_string = false;
-    let mut escaped = false;
-    for (i, &b) in bytes.iter().enumerate().skip(start) {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'{' => closers.push(b'}'),
-            b'[' => closers.push(b']'),
-            b'}' | b']' => {
-                if closers.pop() != Some(b) {
-                    return None;
-                }
-                if closers.is_empty() {
-                    return Some(i);
-                }
-            }
-            _ => {}
-        }
-    }
-    None
+fn closer(open: u8) -> u8 {
+    if open == b'[' { b']' } else { b'}' }
 }
 
-fn parse_json(text: &str) -> Option<Value> {
-    if text.is_empty() {
+/// Where every JSON-looking bracket of a text closes, found in time linear in the text.
+///
+/// A span is read from its opening bracket the way JSON is: brackets inside strings do not count,
+/// and a closer of the wrong kind ends the span unmatched. Reading from each opening bracket anew
+/// is quadratic when every bracket starts a span that runs to the end, as in `{"{"{"…`, where each
+/// `{` opens a string that the next one's `"` closes. But what a reader does next depends only on
+/// where it is and whether it is inside a string: two readers that meet in the same state read
+/// the same from there on, so the later one's innermost bracket ends exactly where the earlier
+/// one's did, with the same byte. The table keeps, for each position and state, the innermost
+/// bracket of the first reader there; a later reader jumps to where that bracket ended. So each
+/// (position, state) is read at most once, and each bracket jumped over at most once.
+#[derive(Debug, Default)]
+struct SpanTable {
+    /// Per position, for a reader outside or inside a string: the innermost bracket of the first
+    /// reader that was there, or `UNSEEN`. (Right after a backslash a reader moves on at once.)
+    seen: Vec<[u32; 2]>,
+    /// Per bracket any reader opened, in the order they were opened.
+    fates: Vec<Fate>,
+}
+
+const UNSEEN: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy)]
+enum Fate {
+    Open,
+    /// Its span ended at `at` with `by`, a closer of the right kind or not.
+    Closed {
+        at: u32,
+        by: u8,
+    },
+    /// Its reader met the text's end, or a wrong closer inside it, first.
+    Died,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Scan {
+    Outside,
+    InString,
+    Escaped,
+}
+
+impl Scan {
+    fn slot(self) -> Option<usize> {
+        match self {
+            Self::Outside => Some(0),
+            Self::InString => Some(1),
+            Self::Escaped => None,
+        }
+    }
+
+    fn after(self, byte: u8) -> Self {
+        match (self, byte) {
+            (Self::Escaped, _) => Self::InString,
+            (Self::InString, b'\\') => Self::Escaped,
+            (Self::InString, b'"') => Self::Outside,
+            (Self::Outside, b'"') => Self::InString,
+            (scan, _) => scan,
+        }
+    }
+}
+
+impl SpanTable {
+    fn build(bytes: &[u8]) -> Self {
+        // Positions and bracket numbers are u32, which halves the table; answers are megabytes.
+        if u32::try_from(bytes.len()).map_or(true, |len| len == UNSEEN) {
+            return Self::default();
+        }
+        let mut table = Self {
+            seen: vec![[UNSEEN; 2]; bytes.len()],
+            fates: Vec::new(),
+        };
+        let mut open = Vec::new();
+        for start in 0..bytes.len() {
+            if matches!(bytes[start], b'{' | b'[')
+                && looks_like_json_start(bytes, start)
+                && table.bracket_at(start).is_none()
+            {
+                table.read_from(bytes, start, &mut open);
+            }
+        }
+        table
+    }
+
+    /// Where the span opened at `start` closes, if it does.
+    fn end(&self, bytes: &[u8], start: usize) -> Option<usize> {
+        let bracket = self.bracket_at(start)?;
+        match self.fates.get(bracket as usize)? {
+            Fate::Closed { at, by } if *by == closer(bytes[start]) => Some(*at as usize),
+            _ => None,
+        }
+    }
+
+    /// The bracket some reader opened at `start`: right after opening it, that reader's
+    /// innermost bracket is it, outside a string.
+    fn bracket_at(&self, start: usize) -> Option<u32> {
+        self.seen.get(start + 1).map(|seen| seen[0]).filter(|&b| b != UNSEEN)
+    }
+
+    /// Reads from the bracket at `start` until it closes or dies, settling the fate of every
+    /// bracket it opens; `open` is scratch space for the brackets open, innermost last.
+    fn read_from(&mut self, bytes: &[u8], start: usize, open: &mut Vec<(u32, u8)>) {
+        open.clear();
+        self.open(open, bytes[start]);
+        let mut at = start + 1;
+        let mut scan = Scan::Outside;
+        while let Some(&byte) = bytes.get(at) {
+            if let Some(slot) = scan.slot() {
+                let Some(&(innermost, _)) = open.last() else { return };
+                match self.seen[at][slot] {
+                    UNSEEN => self.seen[at][slot] = innermost,
+                    earlier => {
+                        // Another reader was here in this state: from here on it read what this
+                        // one would, so this one's innermost bracket ends where that one's did.
+                        let Some(Fate::Closed { at: end, by }) = self.fates.get(earlier as usize).copied() else {
+                            break;
+                        };
+                        if !self.close(open, end, by) {
+                            return;
+                        }
+                        at = end as usize + 1;
+                        scan = Scan::Outside;
+                        continue;
+                    }
+                }
+            }
+            match (scan, byte) {
+                (Scan::Outside, b'{' | b'[') => self.open(open, byte),
+                (Scan::Outside, b'}' | b']') if !self.close(open, at as u32, byte) => return,
+                _ => {}
+            }
+            scan = scan.after(byte);
+            at += 1;
+        }
+        // The text ended with brackets open, or the reader joined one that died: none closes.
+        self.die(open);
+    }
+
+    fn open(&mut self, open: &mut Vec<(u32, u8)>, bracket: u8) {
+        open.push((self.fates.len() as u32, closer(bracket)));
+        self.fates.push(Fate::Open);
+    }
+
+    /// Ends the innermost open bracket at `at` with `by`. Returns whether the reader goes on: not
+    /// when that was its last bracket, nor after a closer of the wrong kind, which leaves every
+    /// bracket it has open unmatched.
+    fn close(&mut self, open: &mut Vec<(u32, u8)>, at: u32, by: u8) -> bool {
+        let Some((bracket, expected)) = open.pop() else {
+            return false;
+        };
+        self.fates[bracket as usize] = Fate::Closed { at, by };
+        if by != expected {
+            self.die(open);
+            return false;
+        }
+        !open.is_empty()
+    }
+
+    fn die(&mut self, open: &mut Vec<(u32, u8)>) {
+        for (bracket, _) in open.drain(..) {
+            self.fates[bracket as usize] = Fate::Died;
+        }
+    }
+}
+
+fn parse_json(text: &str, budget: &ParseBudget) -> Option<Value> {
+    if text.is_empty() || !budget.spend(text.len()) {
         return None;
     }
     serde_json::from_str(text).ok().or_else(|| {
         // Models often put raw newlines and tabs inside strings (code in `improved_code`), which
-        // JSON forbids but whose meaning is plain.
+        // JSON forbids but whose meaning is plain. The repair reads the text twice more.
+        if !budget.spend(text.len().saturating_mul(2)) {
+            return None;
+        }
         let repaired = escape_raw_controls(text)?;
         serde_json::from_str(&repaired).ok()
     })
@@ -301,42 +472,48 @@ fn escape_raw_controls(text: &str) -> Option<String> {
 /// The review `value` holds, directly, through a wrapper, a double encoding or deeper nesting.
 /// A bare array counts only where the answer itself is the array, not for any array nested in
 /// unrelated JSON.
-fn find_review(value: &Value, array_allowed: bool, depth: usize) -> Option<ModelReview> {
+fn find_review(value: &Value, array_allowed: bool, depth: usize, budget: &ParseBudget) -> Option<ModelReview> {
     if depth > MAX_DEPTH {
         return None;
     }
     match value {
         Value::String(text) => {
-            let decoded = decode_embedded(text)?;
-            find_review(&decoded, array_allowed, depth + 1)
+            let decoded = decode_embedded(text, budget)?;
+            find_review(&decoded, array_allowed, depth + 1, budget)
         }
         Value::Array(items) if array_allowed => review_from_array(items),
-        Value::Object(map) => review_from_object(map).or_else(|| {
+        Value::Object(map) => review_from_object(map, budget).or_else(|| {
             let wrapped = WRAPPER_KEYS
                 .iter()
                 .filter_map(|key| map.get(*key))
-                .find_map(|inner| find_review(inner, true, depth + 1));
-            wrapped.or_else(|| map.values().find_map(|inner| find_review(inner, false, depth + 1)))
+                .find_map(|inner| find_review(inner, true, depth + 1, budget));
+            // Wrappers were searched already, and less strictly: searching them again would
+            // double the work at every level of nesting.
+            wrapped.or_else(|| {
+                map.iter()
+                    .filter(|(key, _)| !WRAPPER_KEYS.contains(&key.as_str()))
+                    .find_map(|(_, inner)| find_review(inner, false, depth + 1, budget))
+            })
         }),
         _ => None,
     }
 }
 
 /// JSON sent as a JSON string (double encoding).
-fn decode_embedded(text: &str) -> Option<Value> {
+fn decode_embedded(text: &str, budget: &ParseBudget) -> Option<Value> {
     let text = text.trim();
     if text.starts_with('{') || text.starts_with('[') || text.starts_with('"') {
-        parse_json(text)
+        parse_json(text, budget)
     } else {
         None
     }
 }
 
-fn review_from_object(map: &Map<String, Value>) -> Option<ModelReview> {
+fn review_from_object(map: &Map<String, Value>, budget: &ParseBudget) -> Option<ModelReview> {
     let summary = map.get("summary").and_then(Value::as_str);
     let list = SUGGESTION_LIST_KEYS.iter().find_map(|key| map.get(*key));
     let (suggestions, dropped_malformed) = match list {
-        Some(list) => read_suggestion_list(list, 0)?,
+        Some(list) => read_suggestion_list(list, 0, budget)?,
         // A summary alone is a review that found nothing to suggest.
         None if summary.is_some() => (Vec::new(), 0),
         None => return None,
@@ -367,13 +544,15 @@ fn review_from_array(items: &[Value]) -> Option<ModelReview> {
     })
 }
 
-fn read_suggestion_list(list: &Value, depth: usize) -> Option<(Vec<RawSuggestion>, usize)> {
+fn read_suggestion_list(list: &Value, depth: usize, budget: &ParseBudget) -> Option<(Vec<RawSuggestion>, usize)> {
     match list {
         Value::Null => Some((Vec::new(), 0)),
         Value::Array(items) => Some(read_suggestions(items)),
         Value::Object(_) => Some(read_suggestions(std::slice::from_ref(list))),
         Value::String(text) if text.trim().is_empty() => Some((Vec::new(), 0)),
-        Value::String(text) if depth < MAX_DEPTH => read_suggestion_list(&decode_embedded(text)?, depth + 1),
+        Value::String(text) if depth < MAX_DEPTH => {
+            read_suggestion_list(&decode_embedded(text, budget)?, depth + 1, budget)
+        }
         _ => None,
     }
 }
@@ -737,6 +916,7 @@ mod tests {
     #[test]
     fn a_review_nested_under_an_unknown_key_is_found() {
         assert_eq!(one(&format!(r#"{{"data": {{"output": {REVIEW}}}}}"#)), expected());
+        assert_eq!(one(&format!(r#"{{"result": {{"data": {REVIEW}}}}}"#)), expected());
     }
 
     #[test]
@@ -838,6 +1018,127 @@ mod tests {
         assert!(!excerpt.contains('\n'));
         assert_eq!(excerpt.chars().count(), EXCERPT_CHARS + 1);
         assert!(excerpt.ends_with('…'));
+    }
+
+    /// The scan as it was, from each bracket anew: quadratic, so only for short texts.
+    fn reference_end(bytes: &[u8], start: usize) -> Option<usize> {
+        let mut closers = Vec::new();
+        let mut in_string = false;
+        let mut escaped = false;
+        for (i, &b) in bytes.iter().enumerate().skip(start) {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'{' => closers.push(b'}'),
+                b'[' => closers.push(b']'),
+                b'}' | b']' => {
+                    if closers.pop() != Some(b) {
+                        return None;
+                    }
+                    if closers.is_empty() {
+                        return Some(i);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn the_span_table_ends_every_span_where_reading_from_its_bracket_anew_does() {
+        // Pieces that make spans start inside each other's strings, escapes that shift readers
+        // in and out of step, and closers of the wrong kind.
+        let pieces = [
+            "{\"", "\"", "\\\"", "\\", "{", "}", "[", "]", "[{", "{}", "a", " ", ":", ",", "\"}\"",
+        ];
+        let mut rng = fastrand::Rng::with_seed(20_261_129);
+        let mut spans = 0;
+        for case in 0..5_000 {
+            let text: String = (0..rng.usize(1..40))
+                .map(|_| pieces[rng.usize(..pieces.len())])
+                .collect();
+            let bytes = text.as_bytes();
+            let table = SpanTable::build(bytes);
+            for start in (0..bytes.len()).filter(|&at| matches!(bytes[at], b'{' | b'[')) {
+                if looks_like_json_start(bytes, start) {
+                    let end = table.end(bytes, start);
+                    assert_eq!(end, reference_end(bytes, start), "case {case}, {text:?} from {start}");
+                    spans += usize::from(end.is_some());
+                }
+            }
+        }
+        assert!(
+            spans > 1_000,
+            "the cases close spans too, not only leave them open: {spans}"
+        );
+    }
+
+    /// Answers of about a megabyte built so that reading from each bracket anew, or parsing each
+    /// nested span, costs their length squared.
+    fn adversarial_answers() -> Vec<(&'static str, String)> {
+        const MIB: usize = 1 << 20;
+        let repeat = |unit: &str| unit.repeat(MIB / unit.len());
+        let around = |levels: usize, open: &str, inner: String, close: &str| {
+            format!("{}{inner}{}", open.repeat(levels), close.repeat(levels))
+        };
+        vec![
+            ("unbalanced {\"", repeat("{\"")),
+            ("escaped quotes {\"\\\"", repeat("{\"\\\"")),
+            ("open objects {\"a\":", repeat("{\"a\":")),
+            ("open arrays [{\"a\":[", repeat("[{\"a\":[")),
+            ("quoted closers {\"}\"", repeat("{\"}\"")),
+            ("empty objects {}", repeat("{}")),
+            (
+                "100 objects around a megabyte",
+                around(100, "{\"a\":", format!("{{\"pad\":\"{}\"}}", "x".repeat(MIB)), "}"),
+            ),
+            (
+                "100 objects around a megabyte with a raw newline",
+                around(100, "{\"a\":", format!("{{\"pad\":\"{}\n\"}}", "x".repeat(MIB)), "}"),
+            ),
+            (
+                "5 review wrappers around a megabyte of embedded JSON",
+                around(5, "{\"review\":", format!("\"{}\"", "{\\\"".repeat(MIB / 3)), "}"),
+            ),
+        ]
+    }
+
+    #[test]
+    fn megabyte_answers_built_to_be_slow_are_read_in_linear_time() {
+        for (shape, junk) in adversarial_answers() {
+            let started = std::time::Instant::now();
+            let result = parse_answer(Some(&junk), &[]);
+            // For the record (`--nocapture`); the bound is the algorithm, not a clock.
+            eprintln!("{shape}: {} bytes read in {:?}", junk.len(), started.elapsed());
+            assert!(result.is_err(), "{shape}: no review in it");
+        }
+    }
+
+    #[test]
+    fn a_review_after_a_megabyte_of_unbalanced_json_is_still_found() {
+        for unit in ["{\"", "{\"\\\"", "{\"a\":", "[{\"a\":[", "{\"}\""] {
+            let content = format!("{}\n{REVIEW}", unit.repeat((1 << 20) / unit.len()));
+            assert_eq!(one(&content), expected(), "after {unit}");
+        }
+    }
+
+    #[test]
+    fn the_parse_budget_refuses_what_is_left_and_takes_nothing_for_it() {
+        let budget = ParseBudget::for_text(0);
+        assert!(budget.spend(PARSE_BYTES_AT_LEAST - 10));
+        assert!(!budget.spend(11));
+        assert!(budget.spend(10));
+        assert!(parse_json("{}", &budget).is_none(), "nothing left");
     }
 
     #[test]

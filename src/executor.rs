@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tracing::{error, info, warn};
 
 use crate::contract::Job;
@@ -22,11 +22,17 @@ use crate::limits::{AdaptiveLimit, Pause, PauseState};
 use crate::provider::{Action, ChatAnswer, Message, Provider, ProviderError};
 use crate::review::{self, Review, ReviewError};
 
-/// After a quota answer without a reset time, pause this long (capped backoff).
+/// After a quota answer without a usable reset time (none, or one already past), pause this
+/// long, then let one call find out.
 const QUOTA_PAUSE_WITHOUT_TIME: Duration = Duration::from_secs(60);
+/// The longest quota pause. The longest window is a week, so a reset further ahead is a wrong
+/// date, and waiting for it would stop reviews for longer than any quota can; the pause log on
+/// the broker keeps eight days too.
+pub(crate) const MAX_QUOTA_PAUSE: Duration = Duration::from_secs(8 * 86_400);
 /// Margin after a window's announced reset: the reset time has second precision and clocks drift.
 pub(crate) const RESET_MARGIN: Duration = Duration::from_secs(5);
-/// First re-probe delay for account problems (doubles up to `MAX_PROBE_DELAY`).
+/// First pause for an account problem: until the first re-probe, or, for the problems a probe
+/// cannot see, until one call tries again. Doubles up to `MAX_PROBE_DELAY`.
 pub(crate) const FIRST_PROBE_DELAY: Duration = Duration::from_secs(5);
 pub(crate) const MAX_PROBE_DELAY: Duration = Duration::from_secs(300);
 
@@ -62,6 +68,33 @@ impl Lane {
         if self.is_fallback { "fallback" } else { "main" }
     }
 }
+
+/// How a quota answer's reset time was judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResetTime {
+    /// Ahead, and within `MAX_QUOTA_PAUSE`.
+    Ahead,
+    Missing,
+    /// Already past: a skewed clock, or a date in the message that is not the reset.
+    Past,
+    /// Further ahead than any window lasts.
+    TooFar,
+}
+
+/// Until when a quota answer pauses the lane. A reset time that cannot be right must neither
+/// end the pause at once (every job would call into the exhausted window again) nor stop
+/// reviews for good.
+fn quota_pause_end(reset_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> (DateTime<Utc>, ResetTime) {
+    match reset_at {
+        None => (now + QUOTA_PAUSE_WITHOUT_TIME, ResetTime::Missing),
+        Some(at) if at <= now => (now + QUOTA_PAUSE_WITHOUT_TIME, ResetTime::Past),
+        Some(at) if at > now + MAX_QUOTA_PAUSE => (now + MAX_QUOTA_PAUSE, ResetTime::TooFar),
+        Some(at) => (at + RESET_MARGIN, ResetTime::Ahead),
+    }
+}
+
+#[cfg(test)]
+mod tests;
 
 /// A lane as the review pipeline sees it.
 struct LaneCall<'a> {
@@ -239,7 +272,7 @@ impl Executor {
         let provider = lane.provider.name();
         let model = lane.provider.model();
         let code = error.code().unwrap_or_else(|| "-".to_owned());
-        metrics::counter!("review_provider_answers_total", "provider" => provider.to_owned(), "code" => code.clone())
+        metrics::counter!("review_provider_answers_total", "provider" => provider.to_owned(), "code" => error.code_label())
             .increment(1);
         match error.action() {
             Action::RetrySoon { lower_cap: true } => {
@@ -267,7 +300,7 @@ impl Executor {
                 let ProviderError::QuotaExhausted { window, reset_at, .. } = error else {
                     return;
                 };
-                let until = reset_at.map_or_else(|| Utc::now() + QUOTA_PAUSE_WITHOUT_TIME, |at| at + RESET_MARGIN);
+                let (until, judged) = quota_pause_end(*reset_at, Utc::now());
                 let pause = Pause {
                     until,
                     code: code.clone(),
@@ -277,8 +310,49 @@ impl Executor {
                 lane.limit.half_open();
                 if lane.pause.pause(pause) {
                     let reset = reset_at.map_or_else(|| "unknown".to_owned(), crate::contract::rfc3339);
+                    let note = match judged {
+                        ResetTime::Past => format!(
+                            " (the reset time it gives, {reset}, is already past: a skewed clock or another date in the message; one call after the pause will tell)"
+                        ),
+                        ResetTime::TooFar => format!(
+                            " (the reset time it gives, {reset}, is more than {} days ahead: capped)",
+                            MAX_QUOTA_PAUSE.as_secs() / 86_400
+                        ),
+                        ResetTime::Missing | ResetTime::Ahead => String::new(),
+                    };
                     warn!(provider, model, code, window = window.as_str(), reset_at = %reset, paused_until = %crate::contract::rfc3339(until), lane = lane.label(),
-                        "{provider} {} quota exhausted (code {code}): pausing {} {model} until {}", window.as_str(), lane.label(), crate::contract::rfc3339(until));
+                        "{provider} {} quota exhausted (code {code}): pausing {} {model} until {}{note}", window.as_str(), lane.label(), crate::contract::rfc3339(until));
+                }
+            }
+            Action::PauseAccount if error.invisible_to_probe() => {
+                // Calls that started before the pause come back with the same answer: they say
+                // nothing new, and must not double the pause again.
+                if lane.pause.current().is_some_and(|p| !p.needs_probe && p.code == code) {
+                    return;
+                }
+                // `/models` answers 200 through these, so a probe would end the pause at once:
+                // the pause ends by the clock instead, and the next call is the probe.
+                let delay = lane.account_backoff();
+                let pause = Pause {
+                    until: Utc::now() + delay,
+                    code: code.clone(),
+                    reason: error.meaning().to_owned(),
+                    needs_probe: false,
+                };
+                lane.limit.half_open();
+                if lane.pause.pause(pause) {
+                    error!(
+                        provider,
+                        model,
+                        code,
+                        lane = lane.label(),
+                        pause_s = delay.as_secs(),
+                        "{provider} account problem (code {code}, {}): pausing {} for {} s, then one call; the pause doubles up to {} s until a call succeeds: {error}",
+                        error.meaning(),
+                        lane.label(),
+                        delay.as_secs(),
+                        MAX_PROBE_DELAY.as_secs()
+                    );
                 }
             }
             Action::PauseAccount => {

@@ -11,7 +11,8 @@
 //! - [`prompt`]: the review request.
 //! - [`provider`]: the OpenAI-compatible client; `provider::error` classifies every Z.AI code
 //!   (where a 1308 becomes "pause until the reset").
-//! - [`answer`]: reading the model's answer in every shape models use.
+//! - [`answer`]: reading the model's answer in every shape models use, in time linear in its size.
+//! - [`blocking`]: CPU work on one answer, off the async worker threads.
 //! - [`anchor`]: pinning suggestions to changed lines; severity and count filters.
 //! - [`review`]: one job's review, broker-free.
 //! - [`limits`]: the adaptive in-flight limit and the provider pause state.
@@ -33,6 +34,7 @@
 pub(crate) mod anchor;
 pub(crate) mod answer;
 pub mod app;
+pub(crate) mod blocking;
 pub mod broker;
 pub(crate) mod check;
 pub mod cli;

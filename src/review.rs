@@ -107,8 +107,14 @@ pub(crate) async fn run(job: &Job, prepared: Prepared, model: &impl ModelCall) -
     let answer = model.call(&messages).await?;
     usage.add(&answer.usage);
     model_time += answer.latency;
-    let review = match read(&answer) {
-        Ok(review) => review,
+    let size = answer_size(&answer);
+    let (answer, first) = off_runtime(&usage, size, move || {
+        let outcome = read(&answer);
+        (answer, outcome)
+    })
+    .await?;
+    let (review, size) = match first {
+        Ok(review) => (review, size),
         Err(error) => {
             tracing::warn!(%error, "unreadable model answer, sending one repair request");
             messages.push(Message::assistant(
@@ -121,14 +127,26 @@ pub(crate) async fn run(job: &Job, prepared: Prepared, model: &impl ModelCall) -
             let repaired = model.call(&messages).await?;
             usage.add(&repaired.usage);
             model_time += repaired.latency;
-            read(&repaired).map_err(|e| ReviewError::BadModelOutput {
+            let size = answer_size(&repaired);
+            let second = off_runtime(&usage, size, move || read(&repaired)).await?;
+            let review = second.map_err(|e| ReviewError::BadModelOutput {
                 message: e.to_string(),
                 usage: usage.clone(),
-            })?
+            })?;
+            (review, size)
         }
     };
 
-    let anchored = anchor(review.suggestions, &fitted.files, &job.options);
+    // Anchoring compares every suggestion with the diff: as much work as the answer is long.
+    let Fitted {
+        files,
+        truncated,
+        skipped_files,
+        ..
+    } = fitted;
+    let options = job.options.clone();
+    let suggestions = review.suggestions;
+    let anchored = off_runtime(&usage, size, move || anchor(suggestions, &files, &options)).await?;
     if anchored.dropped > 0 || anchored.reanchored > 0 {
         tracing::debug!(
             dropped = anchored.dropped,
@@ -140,8 +158,8 @@ pub(crate) async fn run(job: &Job, prepared: Prepared, model: &impl ModelCall) -
         summary: review.summary.unwrap_or_default(),
         suggestions: anchored.suggestions,
         usage,
-        truncated: fitted.truncated,
-        skipped_files: fitted.skipped_files,
+        truncated,
+        skipped_files,
         model_time,
     })
 }
@@ -149,6 +167,27 @@ pub(crate) async fn run(job: &Job, prepared: Prepared, model: &impl ModelCall) -
 fn read(answer: &ChatAnswer) -> Result<crate::answer::ModelReview, crate::answer::AnswerError> {
     let tools: Vec<&str> = answer.tool_arguments.iter().map(String::as_str).collect();
     parse_answer(answer.content.as_deref(), &tools)
+}
+
+/// Bytes of model output in an answer: what reading and anchoring it cost grows with.
+fn answer_size(answer: &ChatAnswer) -> usize {
+    answer.content.as_ref().map_or(0, String::len) + answer.tool_arguments.iter().map(String::len).sum::<usize>()
+}
+
+/// Runs CPU work on an answer off the async worker threads (see `blocking`). Work that panicked
+/// on an answer would panic on it again: the job fails as unreadable output instead of
+/// returning to the queue to crash the next try.
+async fn off_runtime<T: Send + 'static>(
+    usage: &Usage,
+    size: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ReviewError> {
+    crate::blocking::heavy(size, work)
+        .await
+        .map_err(|e| ReviewError::BadModelOutput {
+            message: format!("reading the model's answer failed: {e}"),
+            usage: usage.clone(),
+        })
 }
 
 #[cfg(test)]

@@ -89,6 +89,10 @@ pub enum ProviderError {
         code: Option<String>,
         message: String,
     },
+    /// An answer body larger than `limit` bytes: not read further. A review is tens of
+    /// kilobytes; megabytes are a broken proxy or a runaway answer, which a retry may not repeat.
+    #[error("answer body over {limit} bytes (HTTP {status}): refused unread")]
+    TooLarge { status: u16, limit: usize },
 }
 
 fn code_suffix(code: &Option<String>) -> String {
@@ -120,18 +124,22 @@ impl ProviderError {
         let parsed: Option<Value> = serde_json::from_str(body).ok();
         let error = parsed.as_ref().and_then(|v| v.get("error"));
         // Z.AI sends the code as a string; accept a number too, and the `type` of the
-        // code-less 401 shape only as a fallback for the status.
-        let code = error.and_then(|e| e.get("code")).and_then(|c| match c {
-            Value::String(s) if !s.is_empty() => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        });
+        // code-less 401 shape only as a fallback for the status. Anything that is not a short
+        // token is no code: it would travel into logs, `/ready` and the pause log.
+        let code = error
+            .and_then(|e| e.get("code"))
+            .and_then(|c| match c {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .filter(|c| is_code_token(c));
         let message = error
             .and_then(|e| e.get("message"))
             .and_then(Value::as_str)
             .map(crate::contract::one_line)
             .unwrap_or_else(|| crate::contract::one_line(&body.chars().take(300).collect::<String>()));
-        classify(status, code, message)
+        classify(status, code, message, Utc::now())
     }
 
     /// At the probe (a cheap `GET /models`), a 1113 "insufficient balance" is what a key sent
@@ -152,7 +160,7 @@ impl ProviderError {
 
     pub fn action(&self) -> Action {
         match self {
-            Self::Connection { .. } | Self::Timeout(_) | Self::Server { .. } => Action::Retry,
+            Self::Connection { .. } | Self::Timeout(_) | Self::Server { .. } | Self::TooLarge { .. } => Action::Retry,
             Self::RateLimited { code, .. } => Action::RetrySoon {
                 lower_cap: code.as_deref() == Some("1302"),
             },
@@ -167,6 +175,7 @@ impl ProviderError {
         match self {
             Self::Connection { .. } | Self::Timeout(_) => None,
             Self::QuotaExhausted { code, .. } => Some(code.clone()),
+            Self::TooLarge { status, .. } => Some(status.to_string()),
             Self::Server { status, code, .. }
             | Self::RateLimited { status, code, .. }
             | Self::Account { status, code, .. }
@@ -180,6 +189,7 @@ impl ProviderError {
             Self::Connection { .. } => "connection error",
             Self::Timeout(_) => "timeout",
             Self::Server { .. } => "server error",
+            Self::TooLarge { .. } => "answer too large",
             Self::RateLimited { code, .. } => match code.as_deref() {
                 Some("1302") => "too much concurrency",
                 Some("1303") => "too many requests",
@@ -206,9 +216,42 @@ impl ProviderError {
             Self::Rejected { .. } => "request rejected",
         }
     }
+
+    /// The code as a metric label: one of the codes this module classifies, an HTTP status it
+    /// classifies, `-` when nothing answered, else `other`. The provider may send any string,
+    /// and each new label value is a new time series for as long as the process lives.
+    pub fn code_label(&self) -> &'static str {
+        self.code().map_or("-", |code| known_code(&code).unwrap_or("other"))
+    }
+
+    /// 1309 (plan expired), 1311 (model not in the plan), 1313 (fair-use throttle): account
+    /// problems that `GET /models` answers 200 to, so a successful probe says nothing about them.
+    pub fn invisible_to_probe(&self) -> bool {
+        matches!(self, Self::Account { code: Some(code), .. } if matches!(code.as_str(), "1309" | "1311" | "1313"))
+    }
 }
 
-fn classify(status: u16, code: Option<String>, message: String) -> ProviderError {
+/// Every code `classify` names, and the HTTP statuses it tells apart, as static labels.
+const KNOWN_CODES: &[&str] = &[
+    "1000", "1001", "1002", "1003", "1004", "1113", "1210", "1211", "1214", "1302", "1303", "1305", "1308", "1309",
+    "1310", "1311", "1312", "1313", "1316", "1317", "1318", "1319", "1320", "1321", "200", "400", "401", "403", "404",
+    "408", "409", "413", "422", "429", "500", "502", "503", "504",
+];
+
+fn known_code(code: &str) -> Option<&'static str> {
+    KNOWN_CODES.iter().copied().find(|known| *known == code)
+}
+
+/// Z.AI's codes are four digits; 32 characters of `[A-Za-z0-9_.-]` leave room for other
+/// providers' names (`rate_limit_exceeded`) without letting a page of text pass for a code.
+fn is_code_token(code: &str) -> bool {
+    (1..=32).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn classify(status: u16, code: Option<String>, message: String, now: DateTime<Utc>) -> ProviderError {
     use ProviderError::*;
     let account = |advice| Account {
         status,
@@ -231,7 +274,7 @@ fn classify(status: u16, code: Option<String>, message: String) -> ProviderError
                 "1310" => QuotaWindow::Weekly,
                 _ => window_from_message(&message),
             },
-            reset_at: parse_reset_time(&message),
+            reset_at: parse_reset_time(&message, now),
             message,
         },
         Some("1210" | "1214") => Rejected { status, code, message },
@@ -260,18 +303,23 @@ fn window_from_message(message: &str) -> QuotaWindow {
     }
 }
 
-/// Reads `YYYY-MM-DD HH:MM:SS` anywhere in the message as Beijing time (UTC+8), which is what
-/// Z.AI's quota API confirms for 1308 and what we assume for the other windows.
-pub(crate) fn parse_reset_time(message: &str) -> Option<DateTime<Utc>> {
+/// Reads `YYYY-MM-DD HH:MM:SS` in the message as Beijing time (UTC+8), which is what Z.AI's quota
+/// API confirms for 1308 and what we assume for the other windows. A reset lies ahead by
+/// definition, so of several times the earliest one after `now` is taken: another date earlier in
+/// the message (when the plan started, the time of the answer) must not pass for the reset. When
+/// none lies ahead (a skewed clock), the latest is returned and the caller treats it as past.
+pub(crate) fn parse_reset_time(message: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let beijing = chrono::FixedOffset::east_opt(8 * 3600)?;
-    message.char_indices().find_map(|(at, c)| {
+    let times = message.char_indices().filter_map(|(at, c)| {
         if !c.is_ascii_digit() {
             return None;
         }
         let candidate = message.get(at..at + 19)?;
         let naive = NaiveDateTime::parse_from_str(candidate, "%Y-%m-%d %H:%M:%S").ok()?;
         Some(beijing.from_local_datetime(&naive).single()?.with_timezone(&Utc))
-    })
+    });
+    let (ahead, behind): (Vec<_>, Vec<_>) = times.partition(|t| *t > now);
+    ahead.into_iter().min().or_else(|| behind.into_iter().max())
 }
 
 #[cfg(test)]
@@ -496,8 +544,86 @@ mod tests {
     }
 
     #[test]
+    fn the_metric_label_is_a_known_code_or_other() {
+        assert_eq!(
+            class(429, "1308", "Usage limit reached for 5 hour.").code_label(),
+            "1308"
+        );
+        assert_eq!(class(429, "1313", "Fair Usage Policy").code_label(), "1313");
+        assert_eq!(ProviderError::from_response(502, "bad gateway").code_label(), "502");
+        assert_eq!(class(429, "1777", "something new").code_label(), "other");
+        assert_eq!(class(418, "teapot", "short and stout").code_label(), "other");
+        assert_eq!(ProviderError::from_response(599, "").code_label(), "other");
+        assert_eq!(ProviderError::Timeout(Duration::from_secs(1)).code_label(), "-");
+        let body = "x".repeat(4096);
+        assert_eq!(ProviderError::from_response(429, &body).code_label(), "429");
+    }
+
+    #[test]
+    fn a_code_that_is_not_a_short_token_is_no_code() {
+        let long = "1".repeat(33);
+        let e = class(429, &long, "x");
+        assert_eq!(e.code().as_deref(), Some("429"), "classified by the status alone");
+        let e = class(401, "1000\n<script>", "x");
+        assert_eq!(e.code().as_deref(), Some("401"));
+        assert_eq!(
+            class(429, "rate_limit_exceeded", "x").code().as_deref(),
+            Some("rate_limit_exceeded")
+        );
+    }
+
+    #[test]
+    fn plan_expired_plan_model_and_fair_use_are_invisible_to_the_probe() {
+        for code in ["1309", "1311", "1313"] {
+            assert!(class(429, code, "x").invisible_to_probe(), "{code}");
+        }
+        for code in ["1000", "1113", "1211"] {
+            assert!(!class(401, code, "x").invisible_to_probe(), "{code}");
+        }
+        assert!(!ProviderError::from_response(404, "").invisible_to_probe());
+    }
+
+    #[test]
+    fn an_oversized_body_is_a_transient_failure() {
+        let e = ProviderError::TooLarge {
+            status: 200,
+            limit: 4 << 20,
+        };
+        assert_eq!(e.action(), Action::Retry);
+        assert_eq!(e.meaning(), "answer too large");
+        assert_eq!(e.code_label(), "200");
+    }
+
+    #[test]
+    fn of_several_times_in_a_message_the_first_one_ahead_is_the_reset() {
+        let now = Utc.with_ymd_and_hms(2026, 9, 8, 12, 0, 0).unwrap();
+        let message = "As of 2026-09-08 19:00:00 you used 100%. Your limit will reset at 2026-09-08 23:30:00";
+        assert_eq!(
+            crate::contract::rfc3339(parse_reset_time(message, now).unwrap()),
+            "2026-09-08T15:30:00Z"
+        );
+        let message = "Plan ends 2026-12-31 00:00:00; your limit will reset at 2026-09-08 23:30:00";
+        assert_eq!(
+            crate::contract::rfc3339(parse_reset_time(message, now).unwrap()),
+            "2026-09-08T15:30:00Z",
+            "the earliest time ahead, not the first in the text"
+        );
+    }
+
+    #[test]
+    fn a_message_whose_times_are_all_past_yields_the_latest_of_them() {
+        let now = Utc.with_ymd_and_hms(2026, 9, 9, 0, 0, 0).unwrap();
+        let message = "Since 2026-09-01 00:00:00. Your limit will reset at 2026-09-08 05:38:28";
+        assert_eq!(
+            crate::contract::rfc3339(parse_reset_time(message, now).unwrap()),
+            "2026-09-07T21:38:28Z"
+        );
+    }
+
+    #[test]
     fn reset_times_are_only_read_when_well_formed() {
-        assert!(parse_reset_time("reset at 2026-13-01 00:00:00").is_none());
-        assert!(parse_reset_time("no time here").is_none());
+        let now = Utc::now();
+        assert!(parse_reset_time("reset at 2026-13-01 00:00:00", now).is_none());
+        assert!(parse_reset_time("no time here", now).is_none());
     }
 }

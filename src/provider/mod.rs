@@ -14,6 +14,10 @@ use serde_json::{Map, Value, json};
 
 pub(crate) use error::{Action, ProviderError, QuotaWindow};
 
+/// The largest answer body read. A review answer is tens of kilobytes, and even a model's whole
+/// output window (~128k tokens) is well under this; anything larger is refused as transient.
+pub(crate) const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
 use crate::contract::Usage;
 use crate::settings::{ProviderSettings, Thinking};
 
@@ -133,6 +137,8 @@ impl Provider {
 
     pub async fn chat(&self, messages: &[Message]) -> Result<ChatAnswer, ProviderError> {
         let started = Instant::now();
+        // The client's timeout is a deadline for the whole exchange, body included (reqwest
+        // applies it until the last byte): a body that trickles in is a timeout like any other.
         let response = self
             .inner
             .http
@@ -142,21 +148,19 @@ impl Provider {
             .send()
             .await
             .map_err(|e| self.transport_error(e))?;
-        let status = response.status();
-        let text = response.text().await.map_err(|e| self.transport_error(e))?;
-        if !status.is_success() {
-            return Err(ProviderError::from_response(status.as_u16(), &text));
-        }
-        let value: Value = serde_json::from_str(&text).map_err(|e| ProviderError::Server {
-            status: status.as_u16(),
-            code: None,
-            message: format!("unreadable answer body: {e}"),
-        })?;
-        // Z.AI can report an overload (1305) inside an HTTP 200.
-        if value.get("error").is_some() {
-            return Err(ProviderError::from_response(status.as_u16(), &text));
-        }
-        parse_chat_answer(&value, started.elapsed())
+        let status = response.status().as_u16();
+        let body = self.read_body(status, response).await?;
+        let latency = started.elapsed();
+        // Parsing megabytes is CPU work: off the async threads, so it stalls no other job.
+        crate::blocking::heavy(body.len(), move || read_chat_body(status, &body, latency))
+            .await
+            .unwrap_or_else(|e| {
+                Err(ProviderError::Server {
+                    status,
+                    code: None,
+                    message: format!("reading the answer body failed: {e}"),
+                })
+            })
     }
 
     /// The product's "Test & save": lists the models the key may use.
@@ -171,7 +175,8 @@ impl Provider {
             .await
             .map_err(|e| self.transport_error(e))?;
         let status = response.status();
-        let text = response.text().await.map_err(|e| self.transport_error(e))?;
+        let body = self.read_body(status.as_u16(), response).await?;
+        let text = String::from_utf8_lossy(&body);
         if status != StatusCode::OK {
             return Err(ProviderError::from_response(status.as_u16(), &text));
         }
@@ -192,6 +197,27 @@ impl Provider {
             .unwrap_or_default())
     }
 
+    /// The body, chunk by chunk, up to `MAX_BODY_BYTES`: a larger one is refused before it is
+    /// all in memory (or, with a `Content-Length`, before any of it is read).
+    async fn read_body(&self, status: u16, mut response: reqwest::Response) -> Result<Vec<u8>, ProviderError> {
+        let too_large = ProviderError::TooLarge {
+            status,
+            limit: MAX_BODY_BYTES,
+        };
+        let announced = response.content_length().unwrap_or(0);
+        if announced > MAX_BODY_BYTES as u64 {
+            return Err(too_large);
+        }
+        let mut body = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport_error(e))? {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(too_large);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
     /// Keeps the whole cause chain (DNS, refused, TLS, …): the operator's question at 3 a.m. is
     /// "which of those was it", and reqwest's top-level message alone does not say.
     fn transport_error(&self, error: reqwest::Error) -> ProviderError {
@@ -207,6 +233,24 @@ impl Provider {
         }
         ProviderError::Connection { detail }
     }
+}
+
+/// A chat completion's body as the worker sees it: an error (also inside an HTTP 200), or the
+/// answer.
+fn read_chat_body(status: u16, body: &[u8], latency: Duration) -> Result<ChatAnswer, ProviderError> {
+    if !(200..300).contains(&status) {
+        return Err(ProviderError::from_response(status, &String::from_utf8_lossy(body)));
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| ProviderError::Server {
+        status,
+        code: None,
+        message: format!("unreadable answer body: {e}"),
+    })?;
+    // Z.AI can report an overload (1305) inside an HTTP 200.
+    if value.get("error").is_some() {
+        return Err(ProviderError::from_response(status, &String::from_utf8_lossy(body)));
+    }
+    parse_chat_answer(&value, latency)
 }
 
 fn parse_chat_answer(value: &Value, latency: Duration) -> Result<ChatAnswer, ProviderError> {
@@ -417,6 +461,105 @@ mod tests {
             text.contains("dns") || text.contains("lookup") || text.contains("resolve"),
             "{text}"
         );
+    }
+
+    /// Serves one canned HTTP response per connection: `head`, then `body` in pieces of `piece`
+    /// bytes every `pause`, then holds the connection open.
+    async fn raw_server(head: String, body: Vec<u8>, piece: usize, pause: Duration) -> u16 {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (head, body) = (head.clone(), body.clone());
+                tokio::spawn(async move {
+                    let mut request = [0u8; 64 * 1024];
+                    let _ = socket.read(&mut request).await;
+                    if socket.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    for chunk in body.chunks(piece.max(1)) {
+                        if socket.write_all(chunk).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn a_body_that_trickles_in_past_the_timeout_is_a_retryable_timeout() {
+        let body = b"{\"choices\":[{\"message\":{\"content\":\"ok\"}}]}".to_vec();
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        // Headers at once, then a byte every 100 ms: 4.5 s for the body against a 400 ms deadline.
+        let port = raw_server(head, body, 1, Duration::from_millis(100)).await;
+        let p = local_provider(
+            &format!("http://127.0.0.1:{port}/api/paas/v4/"),
+            Duration::from_millis(400),
+        );
+        let started = Instant::now();
+        let error = p.chat(&[Message::user("hi")]).await.unwrap_err();
+        assert!(matches!(error, ProviderError::Timeout(_)), "{error:?}");
+        assert_eq!(error.action(), Action::Retry);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the deadline covers the body: {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused_while_it_streams_in() {
+        let body = vec![b' '; MAX_BODY_BYTES + 1];
+        // No length announced: the reader has to count.
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n".to_owned();
+        let port = raw_server(head, body, 64 * 1024, Duration::ZERO).await;
+        let p = local_provider(
+            &format!("http://127.0.0.1:{port}/api/paas/v4/"),
+            Duration::from_secs(10),
+        );
+        let error = p.chat(&[Message::user("hi")]).await.unwrap_err();
+        assert!(
+            matches!(error, ProviderError::TooLarge { status: 200, .. }),
+            "{error:?}"
+        );
+        assert_eq!(error.action(), Action::Retry);
+    }
+
+    #[tokio::test]
+    async fn a_body_announced_over_the_limit_is_refused_unread() {
+        let head = format!(
+            "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            MAX_BODY_BYTES + 1
+        );
+        let port = raw_server(head, Vec::new(), 1, Duration::ZERO).await;
+        let p = local_provider(
+            &format!("http://127.0.0.1:{port}/api/paas/v4/"),
+            Duration::from_secs(10),
+        );
+        let error = p.chat(&[Message::user("hi")]).await.unwrap_err();
+        assert!(
+            matches!(error, ProviderError::TooLarge { status: 429, .. }),
+            "{error:?}"
+        );
+        let error = p.list_models().await.unwrap_err();
+        assert!(matches!(error, ProviderError::TooLarge { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn an_error_inside_an_http_200_is_classified_by_its_code() {
+        let body = br#"{"error":{"code":"1305","message":"The service may be temporarily overloaded"}}"#;
+        let error = read_chat_body(200, body, Duration::ZERO).unwrap_err();
+        assert_eq!(error.action(), Action::RetrySoon { lower_cap: false });
+        let error = read_chat_body(200, b"<html>", Duration::ZERO).unwrap_err();
+        assert_eq!(error.action(), Action::Retry);
     }
 
     #[test]

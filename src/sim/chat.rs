@@ -81,7 +81,7 @@ async fn handle(state: &Arc<SimState>, plan: Plan, headers: &HeaderMap, body: Bo
         return errors::coded(1302, lang, None);
     };
     if let Some(code) = state.take_forced_failure() {
-        let reset = state.forced_reset(code, Utc::now());
+        let reset = state.announced_reset(state.forced_reset(code, Utc::now()));
         return errors::coded(code, lang, Some(reset));
     }
 
@@ -97,7 +97,7 @@ async fn handle(state: &Arc<SimState>, plan: Plan, headers: &HeaderMap, body: Bo
     };
     let garbage = rng.f64() < state.garbage_rate();
     if let Err(exhausted) = state.admit(Utc::now(), || failure.is_none()) {
-        return errors::coded(exhausted.code, lang, Some(exhausted.reset));
+        return errors::coded(exhausted.code, lang, Some(state.announced_reset(exhausted.reset)));
     }
 
     let (latency, jitter) = state.latency_ms();
@@ -154,7 +154,9 @@ fn completion(state: &SimState, request: &ChatRequest, model: &str, seq: u64, ga
     });
 
     let json = serde_json::to_string(&review).unwrap_or_default();
-    let (content, tool_calls, finish_reason) = if garbage {
+    let (content, tool_calls, finish_reason) = if let Some(junk) = state.take_junk() {
+        (Some(junk), None, "stop")
+    } else if garbage {
         (Some(unreadable(&review.summary, &json)), None, "stop")
     } else {
         match shape {

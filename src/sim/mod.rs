@@ -5,6 +5,8 @@
 //! `POST /chat/completions`, answers Z.AI's error codes with Z.AI's bodies (concurrency 1302,
 //! 5-hour window 1308, weekly window 1310, key/plan mismatch, unknown model…), and reviews the
 //! diff in the worker's prompt by a few fixed rules so tests know the exact suggestions to expect.
+//! It can also answer wrongly on purpose: reset times in the past (`--reset-shift-secs`), and
+//! junk answers of any size built to be slow to read (`--junk-answers`).
 //! `/_sim/stats`, `/_sim/reset`, `/_sim/keys` and `/_sim/config` let a test observe and steer it
 //! while it runs; [`SimHandle`] does the same in-process.
 //!
@@ -30,6 +32,9 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 pub use state::{SimConfig, SimKeys, SimStats};
+
+/// The largest junk answer the simulator builds, whatever is asked: beyond any body limit.
+const MAX_JUNK_BYTES: u64 = 64 * 1024 * 1024;
 
 use state::SimState;
 
@@ -80,6 +85,41 @@ pub enum Shape {
     Fenced,
     /// A `submit_review` tool call with the JSON as its arguments; `content` is null.
     Tool,
+}
+
+/// What a junk answer's content is made of: text a naive reader needs its length squared to scan.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JunkShape {
+    /// `{"` repeated: every brace opens a string that the next brace's quote closes.
+    #[default]
+    Unbalanced,
+    /// `{"a":[` repeated: objects and arrays opened and never closed.
+    Nested,
+    /// `{"\"` repeated: escaped quotes, which shift a reader in and out of strings.
+    Escaped,
+}
+
+impl JunkShape {
+    fn from_u8(n: u8) -> Self {
+        [Self::Unbalanced, Self::Nested, Self::Escaped]
+            .into_iter()
+            .find(|s| *s as u8 == n)
+            .unwrap_or_default()
+    }
+
+    /// `bytes` of this junk.
+    pub(crate) fn text(self, bytes: usize) -> String {
+        let unit = match self {
+            Self::Unbalanced => "{\"",
+            Self::Nested => "{\"a\":[",
+            Self::Escaped => "{\"\\\"",
+        };
+        let mut text = unit.repeat(bytes / unit.len() + 1);
+        // ASCII: any length is a char boundary.
+        text.truncate(bytes);
+        text
+    }
 }
 
 impl Lang {
@@ -265,6 +305,31 @@ pub struct SimArgs {
 
     #[arg(
         long,
+        env = "SIM_RESET_SHIFT_SECS",
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        help = "Seconds added to the reset time 1308/1310 messages give (the window itself is unchanged); negative puts it in the past, like a skewed clock"
+    )]
+    pub reset_shift_secs: i64,
+
+    #[arg(
+        long,
+        env = "SIM_JUNK_ANSWERS",
+        default_value_t = 0,
+        help = "The next N successful chat answers carry junk content instead of a review (see --junk-shape, --junk-bytes)"
+    )]
+    pub junk_answers: u64,
+
+    #[arg(long, env = "SIM_JUNK_SHAPE", value_enum, default_value_t = JunkShape::Unbalanced,
+          help = "What junk answers are made of: unbalanced ({\" repeated), nested ({\"a\":[ repeated) or escaped ({\"\\\" repeated)")]
+    pub junk_shape: JunkShape,
+
+    #[arg(long, env = "SIM_JUNK_BYTES", default_value_t = 1 << 20,
+          help = "Size of a junk answer's content in bytes (at most 64 MiB); its JSON body is larger")]
+    pub junk_bytes: u64,
+
+    #[arg(
+        long,
         env = "SIM_SEED",
         default_value_t = 1,
         help = "Seed of the random draws (failure rates, garbage, jitter): same seed, same calls fail"
@@ -295,6 +360,10 @@ impl Default for SimArgs {
             lang: Lang::En,
             mismatch_code: MismatchCode::Unauthorized,
             shape: Shape::Rotate,
+            reset_shift_secs: 0,
+            junk_answers: 0,
+            junk_shape: JunkShape::Unbalanced,
+            junk_bytes: 1 << 20,
             seed: 1,
         }
     }

@@ -6,13 +6,13 @@
 //! is taken only when a window is configured and never held across an await.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU16, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{Lang, MismatchCode, Shape, SimArgs};
+use super::{JunkShape, Lang, MAX_JUNK_BYTES, MismatchCode, Shape, SimArgs};
 
 /// What `/_sim/stats` answers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +96,16 @@ pub struct SimConfig {
     pub mismatch_code: Option<MismatchCode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shape: Option<Shape>,
+    /// Added to the reset time 1308/1310 messages give; negative puts it in the past.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_shift_secs: Option<i64>,
+    /// How many of the next successful answers carry junk; reads back as how many are left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub junk_answers: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub junk_shape: Option<JunkShape>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub junk_bytes: Option<u64>,
 }
 
 /// Codes are strings on Z.AI's wire, so a test may well write `"1302"` as readily as `1302`.
@@ -148,6 +158,10 @@ struct Knobs {
     lang: AtomicU8,
     mismatch_code: AtomicU8,
     shape: AtomicU8,
+    reset_shift_secs: AtomicI64,
+    junk_answers: AtomicU64,
+    junk_shape: AtomicU8,
+    junk_bytes: AtomicU64,
 }
 
 /// One answer counter per key. The keys the simulator itself produces get a slot of their own;
@@ -282,6 +296,10 @@ impl SimState {
                 lang: AtomicU8::new(0),
                 mismatch_code: AtomicU8::new(0),
                 shape: AtomicU8::new(0),
+                reset_shift_secs: AtomicI64::new(0),
+                junk_answers: AtomicU64::new(0),
+                junk_shape: AtomicU8::new(0),
+                junk_bytes: AtomicU64::new(0),
             },
             quota: Mutex::new(Quota::default()),
             requests: AtomicU64::new(0),
@@ -314,6 +332,10 @@ impl SimState {
             lang: Some(args.lang),
             mismatch_code: Some(args.mismatch_code),
             shape: Some(args.shape),
+            reset_shift_secs: Some(args.reset_shift_secs),
+            junk_answers: Some(args.junk_answers),
+            junk_shape: Some(args.junk_shape),
+            junk_bytes: Some(args.junk_bytes),
         });
         state
     }
@@ -384,6 +406,14 @@ impl SimState {
         if let Some(shape) = patch.shape {
             k.shape.store(shape as u8, Relaxed);
         }
+        if let Some(shift) = patch.reset_shift_secs {
+            k.reset_shift_secs.store(shift, Relaxed);
+        }
+        set(&k.junk_answers, patch.junk_answers);
+        if let Some(shape) = patch.junk_shape {
+            k.junk_shape.store(shape as u8, Relaxed);
+        }
+        set(&k.junk_bytes, patch.junk_bytes.map(|b| b.min(MAX_JUNK_BYTES)));
     }
 
     pub(crate) fn config(&self) -> SimConfig {
@@ -405,7 +435,27 @@ impl SimState {
             lang: Some(self.lang()),
             mismatch_code: Some(self.mismatch_code()),
             shape: Some(self.shape()),
+            reset_shift_secs: Some(k.reset_shift_secs.load(Relaxed)),
+            junk_answers: Some(k.junk_answers.load(Relaxed)),
+            junk_shape: Some(JunkShape::from_u8(k.junk_shape.load(Relaxed))),
+            junk_bytes: Some(k.junk_bytes.load(Relaxed)),
         }
+    }
+
+    /// The reset time a quota message gives for a window that closes at `reset`.
+    pub(crate) fn announced_reset(&self, reset: DateTime<Utc>) -> DateTime<Utc> {
+        let shift = TimeDelta::try_seconds(self.knobs.reset_shift_secs.load(Relaxed)).unwrap_or_default();
+        reset.checked_add_signed(shift).unwrap_or(reset)
+    }
+
+    /// The junk this successful answer carries instead of a review, while any is left.
+    pub(crate) fn take_junk(&self) -> Option<String> {
+        let k = &self.knobs;
+        k.junk_answers
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+            .ok()?;
+        let bytes = usize::try_from(k.junk_bytes.load(Relaxed)).unwrap_or(usize::MAX);
+        Some(JunkShape::from_u8(k.junk_shape.load(Relaxed)).text(bytes))
     }
 
     pub(crate) fn lang(&self) -> Lang {

@@ -596,6 +596,67 @@ async fn fail_first_fails_the_first_calls_with_the_chosen_code() -> TestResult {
 }
 
 #[tokio::test]
+async fn a_reset_shift_puts_the_announced_reset_in_the_past_but_keeps_the_window() -> TestResult {
+    let (sim, client) = spawn(SimArgs {
+        window_calls: 1,
+        window_secs: 600,
+        reset_shift_secs: -3600,
+        ..SimArgs::default()
+    })
+    .await?;
+    let body = chat_body(MODEL, "hi");
+    assert_eq!(chat(&sim, &client, &body).await?.0, StatusCode::OK);
+    let (status, answer) = chat(&sim, &client, &body).await?;
+    assert_eq!(
+        (status, code_of(&answer)),
+        (StatusCode::TOO_MANY_REQUESTS, Some("1308"))
+    );
+    let announced = reset_time(answer["error"]["message"].as_str().unwrap_or_default())?;
+    assert!(announced < Utc::now(), "announced {announced}");
+    let (status, _) = chat(&sim, &client, &body).await?;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "the window itself still runs");
+
+    sim.configure(SimConfig {
+        fail_first: Some(1),
+        fail_first_code: Some(1310),
+        weekly_secs: Some(60),
+        ..SimConfig::default()
+    });
+    let (_, answer) = chat(&sim, &client, &body).await?;
+    assert_eq!(code_of(&answer), Some("1310"));
+    assert!(reset_time(answer["error"]["message"].as_str().unwrap_or_default())? < Utc::now());
+    Ok(())
+}
+
+#[tokio::test]
+async fn junk_answers_replace_the_next_answers_and_then_stop() -> TestResult {
+    let (sim, client) = spawn(SimArgs {
+        junk_answers: 2,
+        junk_shape: JunkShape::Nested,
+        junk_bytes: 1000,
+        shape: Shape::Plain,
+        ..SimArgs::default()
+    })
+    .await?;
+    let body = chat_body(MODEL, &smelly_diff());
+    for _ in 0..2 {
+        let (status, answer) = chat(&sim, &client, &body).await?;
+        assert_eq!(status, StatusCode::OK);
+        let content = answer["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+        assert_eq!(content.len(), 1000);
+        assert!(content.starts_with("{\"a\":[{\"a\":["), "{content}");
+    }
+    assert_eq!(sim.config().junk_answers, Some(0));
+    let (_, answer) = chat(&sim, &client, &body).await?;
+    assert_expected_suggestions(&review_of(&answer)?.1);
+
+    for (shape, unit) in [(JunkShape::Unbalanced, "{\""), (JunkShape::Escaped, "{\"\\\"")] {
+        assert_eq!(shape.text(9), unit.repeat(9).get(..9).unwrap_or_default());
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_certain_5xx_rate_fails_every_call_with_500_or_503() -> TestResult {
     let (sim, client) = spawn(SimArgs {
         fail_rate_5xx: 1.0,
@@ -720,7 +781,13 @@ fn the_flag_defaults_match_default() -> TestResult {
         "zh",
         "--shape",
         "tool",
+        "--reset-shift-secs",
+        "-3600",
+        "--junk-shape",
+        "escaped",
     ])?;
+    assert_eq!(parsed.sim.reset_shift_secs, -3600);
+    assert_eq!(parsed.sim.junk_shape, JunkShape::Escaped);
     assert_eq!(parsed.sim.coding_keys, ["a", "b"]);
     assert_eq!(parsed.sim.mismatch_code, MismatchCode::InsufficientBalance);
     assert_eq!(parsed.sim.fail_first_code, 1308);
