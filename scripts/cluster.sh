@@ -2,7 +2,7 @@
 # A private three-node RabbitMQ cluster on the loopback, for the failover drill; a system broker
 # is never touched.
 #
-#   scripts/cluster.sh start             start review-c1..3@localhost and cluster them (Debian's
+#   scripts/cluster.sh start             start review-c1..3-BASE@localhost and cluster them (Debian's
 #                                        rabbitmq-server is installed first if missing)
 #   scripts/cluster.sh stop              stop all three and remove their data directories
 #   scripts/cluster.sh kill N            kill -9 node N's Erlang VM (N is 1, 2 or 3)
@@ -19,7 +19,9 @@
 # Erlang distribution on that port + 20000, and lives in /tmp/review-worker-cluster-PORT: its own
 # data, logs and HOME. The three HOMEs hold one and the same .erlang.cookie, which is what lets
 # the nodes (and rabbitmqctl) talk to each other. A node's OS pid is recorded at start from the
-# node itself (`os:getpid()`), so `kill` and `stop` signal exactly the processes started here.
+# node itself (`os:getpid()`), so `kill` and `stop` signal exactly the processes started
+# here. Node names carry the base port, so that two clusters on different base ports (two
+# drills at once) do not collide in epmd.
 set -euo pipefail
 
 base="${CLUSTER_BASE_PORT:-5781}"
@@ -41,7 +43,7 @@ check_index() { # N
 }
 
 port_of() { echo $(( base + $1 - 1 )); }
-name_of() { echo "review-c$1@localhost"; }
+name_of() { echo "review-c$1-$base@localhost"; }
 dir_of() { echo "/tmp/review-worker-cluster-$(port_of "$1")"; }
 dist_port_of() { # as scripts/rabbitmq.sh: AMQP + 20000, or 20000 below for ports above 45535
   local port; port=$(port_of "$1")
@@ -143,7 +145,7 @@ await_node() { # N
 }
 
 running_count() { # N : how many running nodes node N sees in the cluster
-  # cluster_status as JSON: "running_nodes":["review-c1@localhost",...]; no jq needed.
+  # cluster_status as JSON: "running_nodes":["review-c1-5781@localhost",...]; no jq needed.
   ctl "$1" -q cluster_status --formatter json 2>/dev/null |
     grep -o '"running_nodes":\[[^]]*\]' | grep -o '@' | wc -l
 }
@@ -196,8 +198,8 @@ cmd_start() {
   for n in "${nodes[@]}"; do
     if live_pid "$n" >/dev/null; then die "node $n is already running; 'scripts/cluster.sh stop' first"; fi
   done
-  if command -v epmd >/dev/null && [[ "$(epmd -names 2>/dev/null || true)" == *"name review-c"[123]" "* ]]; then
-    die "a node named review-c1..3 is already registered with epmd (another cluster.sh cluster?)"
+  if command -v epmd >/dev/null && [[ "$(epmd -names 2>/dev/null || true)" == *"name review-c"[123]"-$base "* ]]; then
+    die "a node named review-c1..3-$base is already registered with epmd (another cluster.sh cluster?)"
   fi
   cookie=$(mktemp)
   head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$cookie"
@@ -272,7 +274,7 @@ cmd_queue_leader() { # QUEUE
   line=$(ctl "$n" -q list_queues --no-table-headers name type leader pid |
     awk -F'\t' -v q="$queue" '$1 == q && !found {print; found = 1}')
   [[ -n "$line" ]] || die "no queue named '$queue'"
-  leader=$(printf '%s\n' "$line" | grep -o -m 1 'review-c[123]@localhost' || true)
+  leader=$(printf '%s\n' "$line" | grep -o -m 1 "review-c[123]-$base@localhost" || true)
   leader=${leader%%$'\n'*}
   [[ -n "$leader" ]] || die "queue '$queue' has no leader right now: $line"
   echo "${leader:8:1}"
