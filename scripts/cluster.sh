@@ -22,6 +22,14 @@
 # node itself (`os:getpid()`), so `kill` and `stop` signal exactly the processes started
 # here. Node names carry the base port, so that two clusters on different base ports (two
 # drills at once) do not collide in epmd.
+#
+# The nodes (and rabbitmqctl) run with an Erlang net_ticktime of CLUSTER_NET_TICKTIME seconds (10
+# by default; Erlang's default is 60). It is how long a node that stops answering without closing
+# its sockets (a frozen VM, a network partition) takes to be declared down by the others: between
+# 0.75 and 1.25 times the tick time. Only then does a quorum queue hand a single-active-consumer
+# subscription held through that node to the next consumer. A crashed or killed node closes its
+# sockets and is seen down at once whatever the tick time. It must be the same on every node of a
+# cluster (and on the CLI that talks to them), so it is set here for all of them, at every start.
 set -euo pipefail
 
 base="${CLUSTER_BASE_PORT:-5781}"
@@ -30,6 +38,8 @@ nodes=(1 2 3)
 # Bounds on every wait, in seconds.
 start_timeout="${CLUSTER_START_TIMEOUT:-90}"
 ctl_timeout=20
+net_ticktime="${CLUSTER_NET_TICKTIME:-10}"
+[[ "$net_ticktime" =~ ^[1-9][0-9]*$ ]] || { printf 'cluster.sh: CLUSTER_NET_TICKTIME must be whole seconds, not %s\n' "$net_ticktime" >&2; exit 2; }
 
 say() { printf 'cluster.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
@@ -68,6 +78,9 @@ node_env() { # N
   export RABBITMQ_CONFIG_FILE="$dir/rabbitmq"
   export RABBITMQ_PID_FILE="$dir/rabbitmq.pid"
   export ERL_EPMD_ADDRESS=127.0.0.1
+  # The same tick time on the nodes and on rabbitmqctl (see the top of this file).
+  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel net_ticktime $net_ticktime"
+  export RABBITMQ_CTL_ERL_ARGS="-kernel net_ticktime $net_ticktime"
 }
 
 # A fresh directory for node N, with the cluster's one cookie.
