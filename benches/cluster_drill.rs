@@ -1,5 +1,5 @@
 //! The cluster drill: a review backlog at cap 1 on a three-node RabbitMQ cluster, and `kill -9`
-//! of one node while the jobs flow.
+//! (or, in (d), `kill -STOP`) of one node while the jobs flow.
 //!
 //! `scripts/cluster-drill.sh` starts the cluster (`scripts/cluster.sh`), exports its URIs in
 //! `DRILL_URIS` and runs this bench. Each scenario has its own namespace, its own simulator (cap 1,
@@ -13,7 +13,17 @@
 //!
 //! - (a) the node hosting the leadership queue's leader;
 //! - (b) the node hosting the jobs queue's leader;
-//! - (c) the node the leading replica is connected to (the `broker` of its `/ready`).
+//! - (c) the node the leading replica is connected to (the `broker` of its `/ready`);
+//! - (d) the same node frozen rather than killed (`scripts/cluster.sh freeze`: SIGSTOP of its VM),
+//!   a network partition as the leader sees it: its TCP connection stays open and nothing answers
+//!   on it, and the other nodes get no closed socket either. Nobody learns of the loss from a
+//!   socket: the leader's client after its AMQP heartbeat timeout, the other nodes (and so the
+//!   quorum queues that hand leadership and jobs over) after Erlang's net_ticktime. The replicas'
+//!   URIs carry `?heartbeat=5` in (d) and the drill's nodes run with a net_ticktime of 10 s
+//!   (`scripts/cluster.sh`), so that this takes seconds, not the minutes of the defaults (60 s
+//!   each). The node stays frozen until another replica leads and results flow again (at most
+//!   150 s), is thawed, and, if it does not rejoin the cluster by itself (RabbitMQ's default
+//!   partition handling leaves a thawed node partitioned), its RabbitMQ application is restarted.
 //!
 //! Who hosts what is asked of the cluster (and of `/ready`) before the backlog, not assumed.
 //! Each row reports: the seconds from the kill until jobs flow again (the first result to arrive
@@ -25,10 +35,20 @@
 //! nothing lost, no calls beyond those in flight at the kill, peak in flight never above the cap.
 //! The bench exits non-zero when a target is missed.
 //!
+//! (d) adds, from the replicas' logs (text lines start with an RFC 3339 time) and the simulator:
+//! when the broker handed leadership over (the new leader's "this replica is now the leader"
+//! minus its 1 s takeover grace), when the old leader noticed ("lost the leadership" or "lost the
+//! RabbitMQ connection", whichever comes first) and so stopped calling (0.5 s later: its calls in
+//! flight get that long), the new leader's first provider call, and the **overlap**: the old
+//! leader's stop minus the new leader's first call, the time during which both could have called
+//! the provider (negative: a gap). Its only target is nothing lost (and jobs flowing again before
+//! the thaw); the calls beyond one per job, the peak in flight and 1302 answers are reported.
+//!
 //! Options: `--jobs N` (40), `--outage SECONDS` (120: how long the killed node stays down; the
-//! reconnect rate is measured over it), `--only a|b|c` (repeatable). The killed node is restarted after its
-//! scenario and the namespace deleted; the replicas' logs, in `$TMPDIR/cluster-drill-NAMESPACE/`, are
-//! kept when the scenario fails.
+//! reconnect rate is measured over it; (d) does not use it), `--only a|b|c|d` (repeatable; the
+//! default is all four). The killed node is restarted after its scenario and the namespace
+//! deleted; the replicas' logs, in `$TMPDIR/cluster-drill-NAMESPACE/`, are kept when the scenario
+//! fails, and always for (d).
 
 #![allow(clippy::print_stdout, reason = "a benchmark prints its figures")]
 
@@ -39,7 +59,7 @@ use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use futures_util::StreamExt as _;
@@ -70,6 +90,22 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 const NO_FLOW_GIVE_UP: Duration = Duration::from_secs(30);
 const STALL_GIVE_UP: Duration = Duration::from_secs(20);
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster.sh");
+/// (d): the AMQP heartbeat the replicas ask for (`?heartbeat=5` on their URIs). lapin closes a
+/// connection on which nothing has arrived for two heartbeat intervals (it checks every half
+/// interval): 10 to 12.5 s. RabbitMQ's default, 60 s, would take two minutes.
+const PARTITION_HEARTBEAT_SECS: u16 = 5;
+/// (d): how long the node stays frozen at most, waiting for another replica to lead and results
+/// to flow again.
+const FREEZE_LIMIT: Duration = Duration::from_secs(150);
+/// (d): how long after the thaw the node gets to rejoin the cluster by itself before its
+/// RabbitMQ application is restarted.
+const REJOIN_WAIT: Duration = Duration::from_secs(15);
+/// The worker's takeover grace (`TAKEOVER_GRACE` in src/coordination.rs): a new leader logs
+/// "this replica is now the leader" this long after the broker handed it the token.
+const TAKEOVER_GRACE: Duration = Duration::from_secs(1);
+/// How long a leader that lost its token lets its calls in flight finish (`LAST_CALLS` in
+/// src/worker.rs): it may call the provider until this long after it noticed.
+const LAST_CALLS: Duration = Duration::from_millis(500);
 const ATTEMPTS_METRIC: &str = "review_broker_connection_attempts_total";
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -189,7 +225,24 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Replica {
-    fn spawn(index: usize, cluster: &Cluster, namespace: &str, sim: &SimHandle, logs: &Path) -> anyhow::Result<Self> {
+    /// Replica `index`, every node in its list (node `index` first), each URI with
+    /// `?heartbeat=N` if `heartbeat` is given.
+    fn spawn(
+        index: usize,
+        cluster: &Cluster,
+        heartbeat: Option<u16>,
+        namespace: &str,
+        sim: &SimHandle,
+        logs: &Path,
+    ) -> anyhow::Result<Self> {
+        let uris: Vec<String> = cluster
+            .rotated(index)
+            .into_iter()
+            .map(|uri| match heartbeat {
+                Some(secs) => format!("{uri}?heartbeat={secs}"),
+                None => uri,
+            })
+            .collect();
         let health_port = free_port()?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -198,7 +251,7 @@ impl Replica {
             .context("open a replica log")?;
         let child = Command::new(env!("CARGO_BIN_EXE_review-worker"))
             .arg("run")
-            .env("API_RABBITMQ_URI", cluster.rotated(index).join(","))
+            .env("API_RABBITMQ_URI", uris.join(","))
             .env("API_RABBITMQ_NAMESPACE", namespace)
             .env("API_LLM_PROVIDER_MODEL", "glm-5.1")
             .env("API_OPENAI_FORCE_BASE_URL", sim.coding_base_url())
@@ -207,6 +260,8 @@ impl Replica {
             .env("API_LLM_MAX_CONCURRENT_REQUESTS", CAP.to_string())
             .env("API_WORKER_DRAIN_TIMEOUT_MS", "5000")
             .env("WORKER_HEALTH_PORT", health_port.to_string())
+            // Text lines, each starting with its RFC 3339 time: (d) reads them.
+            .env("API_LOG_FORMAT", "text")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
@@ -315,6 +370,84 @@ fn all_running(replicas: &mut [Replica], logs: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Times: the replicas' logs carry wall-clock times, the drill measures with `Instant`s.
+
+/// lapin's line when a connection's heartbeat times out (logged at error level).
+const LAPIN_HEARTBEAT_LINE: &str = "haven't received anything from the server for too long";
+
+/// An `Instant` and the wall-clock time (seconds since the epoch) taken together, to convert
+/// one into the other.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    instant: Instant,
+    epoch: f64,
+}
+
+impl Clock {
+    fn now() -> Self {
+        let epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        Self {
+            instant: Instant::now(),
+            epoch,
+        }
+    }
+
+    fn epoch_of(&self, at: Instant) -> f64 {
+        if at >= self.instant {
+            self.epoch + (at - self.instant).as_secs_f64()
+        } else {
+            self.epoch - (self.instant - at).as_secs_f64()
+        }
+    }
+
+    fn instant_of(&self, epoch: f64) -> Instant {
+        let delta = epoch - self.epoch;
+        if delta >= 0.0 {
+            self.instant + Duration::from_secs_f64(delta)
+        } else {
+            self.instant
+                .checked_sub(Duration::from_secs_f64(-delta))
+                .unwrap_or(self.instant)
+        }
+    }
+}
+
+/// The first line of a replica's log after `since` (seconds since the epoch) that contains one
+/// of `needles`: its time, and the needle. Text log lines start with an RFC 3339 time.
+fn first_line_after(path: &Path, since: f64, needles: &[&str]) -> Option<(f64, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|line| {
+        let needle = needles.iter().find(|n| line.contains(**n))?;
+        let stamp = line.split_whitespace().next()?;
+        let time = chrono::DateTime::parse_from_rfc3339(stamp).ok()?;
+        let epoch = time.timestamp() as f64 + f64::from(time.timestamp_subsec_nanos()) / 1e9;
+        (epoch > since).then(|| (epoch, (*needle).to_owned()))
+    })
+}
+
+/// The first "this replica is now the leader" after `since` in any replica's log: its time and
+/// the replica (1..3).
+fn new_leader_after(logs: &Path, since: f64) -> Option<(f64, usize)> {
+    (1..=3)
+        .filter_map(|index| {
+            let path = logs.join(format!("replica-{index}.log"));
+            first_line_after(&path, since, &["this replica is now the leader"]).map(|(t, _)| (t, index))
+        })
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+}
+
+/// The nodes' Erlang net_ticktime as scripts/cluster-drill.sh read it from them.
+fn net_ticktime() -> String {
+    std::env::var("DRILL_NET_TICKTIME").map_or_else(
+        |_| "unknown (DRILL_NET_TICKTIME is not set)".to_owned(),
+        |t| format!("{t} s"),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -477,6 +610,8 @@ enum Scenario {
     LeadershipLeader,
     JobsLeader,
     LeaderConnection,
+    /// The leader's node frozen (SIGSTOP), not killed.
+    Partition,
 }
 
 /// Where the parts start: the first leader (whose node keeps the leadership queue), the leader
@@ -488,13 +623,22 @@ struct Plan {
 }
 
 impl Scenario {
-    const ALL: [Scenario; 3] = [Self::LeadershipLeader, Self::JobsLeader, Self::LeaderConnection];
+    const ALL: [Scenario; 4] = [
+        Self::LeadershipLeader,
+        Self::JobsLeader,
+        Self::LeaderConnection,
+        Self::Partition,
+    ];
+    /// What runs without `--only`: all four ((d) adds about a minute: it thaws its node as soon
+    /// as jobs flow again).
+    const DEFAULT: [Scenario; 4] = Self::ALL;
 
     fn letter(self) -> &'static str {
         match self {
             Self::LeadershipLeader => "a",
             Self::JobsLeader => "b",
             Self::LeaderConnection => "c",
+            Self::Partition => "d",
         }
     }
 
@@ -503,7 +647,21 @@ impl Scenario {
             Self::LeadershipLeader => "kill the node hosting the leadership queue's leader",
             Self::JobsLeader => "kill the node hosting the jobs queue's leader",
             Self::LeaderConnection => "kill the node the leading replica is connected to",
+            Self::Partition => {
+                "freeze the node the leading replica is connected to (a network partition as the leader sees it)"
+            }
         }
+    }
+
+    /// (d) freezes its node; the others kill theirs.
+    fn freezes(self) -> bool {
+        self == Self::Partition
+    }
+
+    /// The heartbeat on the replicas' URIs: (d) needs a short one to learn of the partition in
+    /// seconds; the others keep the default (the broker's 60 s), as a deployment would.
+    fn heartbeat(self) -> Option<u16> {
+        self.freezes().then_some(PARTITION_HEARTBEAT_SECS)
     }
 
     /// Three different nodes each time, and a different node killed in each scenario.
@@ -511,7 +669,7 @@ impl Scenario {
         let (founder, successor, jobs_node) = match self {
             Self::LeadershipLeader => (1, 2, 3),
             Self::JobsLeader => (3, 1, 2),
-            Self::LeaderConnection => (1, 3, 2),
+            Self::LeaderConnection | Self::Partition => (1, 3, 2),
         };
         Plan {
             founder,
@@ -526,17 +684,20 @@ impl Scenario {
         match self {
             Self::LeadershipLeader => plan.founder,
             Self::JobsLeader => plan.jobs_node,
-            Self::LeaderConnection => plan.successor,
+            Self::LeaderConnection | Self::Partition => plan.successor,
         }
     }
 }
 
 /// What one scenario measured.
 struct Measured {
+    /// The node killed (or frozen, in (d)).
     killed: usize,
-    /// What the killed node hosted: L(eadership queue leader), J(obs queue leader), C(onnection
-    /// of the leading replica).
+    /// What that node hosted: L(eadership queue leader), J(obs queue leader), C(onnection of the
+    /// leading replica).
     roles: String,
+    /// (d)'s own figures; `None` in the other scenarios.
+    partition: Option<PartitionFigures>,
     flow_again: Option<Duration>,
     jobs: usize,
     completed: usize,
@@ -559,6 +720,22 @@ impl Measured {
 
     fn failures(&self) -> Vec<String> {
         let mut failed = Vec::new();
+        if let Some(partition) = &self.partition {
+            // (d): nothing lost, and jobs flowed again while the node was frozen. The extra calls,
+            // the peak and the 1302 answers are what a partition costs: reported, not targets.
+            match (self.flow_again, partition.thawed) {
+                (None, _) => failed.push("jobs never flowed again".to_owned()),
+                (Some(flowed), Some(thawed)) if flowed.as_secs_f64() > thawed => failed.push(format!(
+                    "jobs flowed again only after the thaw ({:.1}s > {thawed:.1}s)",
+                    flowed.as_secs_f64()
+                )),
+                _ => {}
+            }
+            if self.lost > 0 {
+                failed.push(format!("{} lost", self.lost));
+            }
+            return failed;
+        }
         match self.flow_again {
             Some(t) if t <= FLOW_TARGET => {}
             Some(t) => failed.push(format!(
@@ -585,6 +762,43 @@ impl Measured {
     }
 }
 
+/// (d): seconds from the freeze (the SIGSTOP) to each event; `None` when it did not happen (or
+/// is not in the logs).
+struct PartitionFigures {
+    /// The broker handed leadership to another replica: that replica's "this replica is now the
+    /// leader" minus its takeover grace.
+    handover: Option<f64>,
+    /// The replica that took over (1..3).
+    new_leader: Option<usize>,
+    /// The old leader noticed: its first "lost the leadership" or "lost the RabbitMQ connection".
+    noticed: Option<f64>,
+    /// Which of the two it was.
+    notice: Option<String>,
+    /// lapin's own line on the heartbeat timeout in the old leader's log, if any.
+    client_timeout: Option<f64>,
+    /// The first provider call after the new leader took over (the simulator's count, polled
+    /// every 20 ms: up to that much late).
+    new_first_call: Option<f64>,
+    /// Provider calls that started after the freeze and before the takeover: the old leader's.
+    old_calls: u64,
+    /// When the node was thawed.
+    thawed: Option<f64>,
+}
+
+impl PartitionFigures {
+    /// When the old leader's last call could have started or still run: it noticed, and its
+    /// calls in flight got `LAST_CALLS`.
+    fn old_stops(&self) -> Option<f64> {
+        self.noticed.map(|t| t + LAST_CALLS.as_secs_f64())
+    }
+
+    /// How long both could call the provider: the old leader's stop minus the new leader's first
+    /// call (negative: a gap between them).
+    fn overlap(&self) -> Option<f64> {
+        Some(self.old_stops()? - self.new_first_call?)
+    }
+}
+
 struct Row {
     scenario: Scenario,
     outcome: anyhow::Result<Measured>,
@@ -598,15 +812,24 @@ impl Row {
     }
 }
 
+/// What a scenario did to its node, for the clean-up to undo.
+#[derive(Debug, Clone, Copy)]
+enum Disturbance {
+    Killed(usize),
+    /// Frozen, and thawed at the instant given (if it was).
+    Frozen(usize, Option<Instant>),
+}
+
 /// Runs one scenario and cleans up after it whatever happened: the replicas stop, the killed
-/// node is started again, the namespace is deleted.
+/// node is started again (a frozen one thawed and, if need be, made to rejoin), the namespace is
+/// deleted.
 async fn drill(cluster: &Cluster, scenario: Scenario, jobs: usize, outage: Duration) -> Row {
     let started = Instant::now();
     let namespace = format!("drill-{}-{:08x}", scenario.letter(), fastrand::u32(..));
     let logs = std::env::temp_dir().join(format!("cluster-drill-{namespace}"));
     let mut replicas = Vec::new();
-    let mut killed = None;
-    let outcome = run(
+    let mut disturbed = None;
+    let mut outcome = run(
         cluster,
         scenario,
         jobs,
@@ -614,23 +837,35 @@ async fn drill(cluster: &Cluster, scenario: Scenario, jobs: usize, outage: Durat
         &namespace,
         &logs,
         &mut replicas,
-        &mut killed,
+        &mut disturbed,
     )
     .await;
     let mut cleanup = Vec::new();
     for replica in replicas {
         replica.stop().await;
     }
-    if let Some(node) = killed {
-        println!("  restarting node {node}");
-        let started = Instant::now();
-        match cluster_sh(&["restart", &node.to_string()], Duration::from_secs(150)).await {
-            Ok(_) => println!(
-                "  node {node} is back in the cluster after {:.1}s",
-                started.elapsed().as_secs_f64()
-            ),
-            Err(e) => cleanup.push(format!("node {node} did not come back: {e:#}")),
+    match disturbed {
+        Some(Disturbance::Killed(node)) => {
+            println!("  restarting node {node}");
+            let started = Instant::now();
+            match cluster_sh(&["restart", &node.to_string()], Duration::from_secs(150)).await {
+                Ok(_) => println!(
+                    "  node {node} is back in the cluster after {:.1}s",
+                    started.elapsed().as_secs_f64()
+                ),
+                Err(e) => cleanup.push(format!("node {node} did not come back: {e:#}")),
+            }
         }
+        Some(Disturbance::Frozen(node, thawed)) => match heal(node, thawed).await {
+            Ok(how) => {
+                println!("  {how}");
+                if let Ok(measured) = &mut outcome {
+                    measured.notes.push(how);
+                }
+            }
+            Err(e) => cleanup.push(format!("node {node} did not rejoin the cluster: {e:#}")),
+        },
+        None => {}
     }
     if let Err(e) = teardown(cluster, &namespace).await {
         cleanup.push(format!("teardown of {namespace}: {e:#}"));
@@ -641,13 +876,67 @@ async fn drill(cluster: &Cluster, scenario: Scenario, jobs: usize, outage: Durat
         outcome,
         cleanup,
     };
-    // The replicas' logs are kept for a scenario that failed.
-    if row.passed() {
+    // The replicas' logs are kept for a scenario that failed, and for (d), whose figures come
+    // from them.
+    if row.passed() && !scenario.freezes() {
         let _ = std::fs::remove_dir_all(&logs);
     } else {
         println!("  replica logs kept in {}", logs.display());
     }
     row
+}
+
+/// Thaws `node` (again: harmless if it runs) and waits until the cluster is whole: the node
+/// gets until `REJOIN_WAIT` after its thaw to rejoin by itself, then its RabbitMQ application is
+/// restarted (`scripts/cluster.sh rejoin`), and if even that fails, the node is killed and started
+/// again. Says what it took.
+async fn heal(node: usize, thawed: Option<Instant>) -> anyhow::Result<String> {
+    let name = node.to_string();
+    cluster_sh(&["thaw", &name], Duration::from_secs(30)).await?;
+    let thawed = thawed.unwrap_or_else(Instant::now);
+    loop {
+        if cluster_sh(&["healthy"], Duration::from_secs(90)).await.is_ok() {
+            return Ok(format!(
+                "node {node} rejoined the cluster by itself: whole again {:.1}s after the thaw",
+                thawed.elapsed().as_secs_f64()
+            ));
+        }
+        if thawed.elapsed() >= REJOIN_WAIT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let unhealthy = cluster_sh(&["healthy"], Duration::from_secs(90))
+        .await
+        .err()
+        .map_or_else(String::new, |e| format!("{e:#}"));
+    println!(
+        "  {:.0}s after the thaw: {unhealthy}; restarting node {node}'s RabbitMQ application",
+        thawed.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
+    let rejoined = match cluster_sh(&["rejoin", &name], Duration::from_secs(150)).await {
+        Ok(_) => cluster_sh(&["healthy"], Duration::from_secs(90)).await,
+        Err(e) => Err(e),
+    };
+    match rejoined {
+        Ok(_) => Ok(format!(
+            "node {node} stayed partitioned after the thaw (RabbitMQ's default partition handling, \
+             ignore); whole again {:.1}s after a stop_app/start_app",
+            started.elapsed().as_secs_f64()
+        )),
+        Err(e) => {
+            println!("  rejoin failed ({e:#}): kill -9 and restart of node {node}");
+            cluster_sh(&["kill", &name], Duration::from_secs(30)).await?;
+            cluster_sh(&["restart", &name], Duration::from_secs(150)).await?;
+            cluster_sh(&["healthy"], Duration::from_secs(90)).await?;
+            Ok(format!(
+                "node {node} stayed partitioned after the thaw and did not rejoin on a stop_app/start_app; \
+                 whole again {:.1}s after a kill -9 and restart",
+                started.elapsed().as_secs_f64()
+            ))
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments, reason = "a scenario's parts, passed down once")]
@@ -659,12 +948,13 @@ async fn run(
     namespace: &str,
     logs: &Path,
     replicas: &mut Vec<Replica>,
-    killed: &mut Option<usize>,
+    disturbed: &mut Option<Disturbance>,
 ) -> anyhow::Result<Measured> {
     let plan = scenario.plan();
     let third = 6 - plan.founder - plan.successor;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
     let http = &client;
+    let heartbeat = scenario.heartbeat();
     std::fs::create_dir_all(logs).context("create the log directory")?;
     println!(
         "  namespace {namespace}; replica logs in {}; founder on node {}, successor on node {}, jobs queue from node {}",
@@ -673,6 +963,12 @@ async fn run(
         plan.successor,
         plan.jobs_node
     );
+    if let Some(secs) = heartbeat {
+        println!(
+            "  replicas' URIs carry ?heartbeat={secs}; the nodes' Erlang net_ticktime: {}",
+            net_ticktime()
+        );
+    }
     let sim = SimHandle::spawn(SimArgs {
         latency_ms: LATENCY.as_millis() as u64,
         max_concurrency: CAP,
@@ -701,11 +997,11 @@ async fn run(
     let observer = Observer::start(observer_uris, topology.results_queue.clone());
 
     // F leads first, S and T stand by, F hands over by stopping and comes back as a standby.
-    replicas.push(Replica::spawn(plan.founder, cluster, namespace, &sim, logs)?);
+    replicas.push(Replica::spawn(plan.founder, cluster, heartbeat, namespace, &sim, logs)?);
     let founder = &replicas[0];
     wait_for("the first replica leads", STEP_TIMEOUT, || founder.is_leader(http)).await?;
     for index in [plan.successor, third] {
-        replicas.push(Replica::spawn(index, cluster, namespace, &sim, logs)?);
+        replicas.push(Replica::spawn(index, cluster, heartbeat, namespace, &sim, logs)?);
         let new = &replicas[replicas.len() - 1];
         wait_for("a new replica answers /ready", STEP_TIMEOUT, || async move {
             new.ready(http).await.is_some()
@@ -721,7 +1017,7 @@ async fn run(
         leader_of(standbys, http).await.is_some()
     })
     .await?;
-    replicas.push(Replica::spawn(plan.founder, cluster, namespace, &sim, logs)?);
+    replicas.push(Replica::spawn(plan.founder, cluster, heartbeat, namespace, &sim, logs)?);
     let back = &replicas[replicas.len() - 1];
     wait_for("the first replica answers again", STEP_TIMEOUT, || async move {
         back.ready(http).await.is_some()
@@ -775,7 +1071,7 @@ async fn run(
     let victim = match scenario {
         Scenario::LeadershipLeader => leadership_node.as_ref(),
         Scenario::JobsLeader => jobs_node.as_ref(),
-        Scenario::LeaderConnection => connection_node.as_ref(),
+        Scenario::LeaderConnection | Scenario::Partition => connection_node.as_ref(),
     }
     .copied()
     .map_err(|e| anyhow::anyhow!("which node to kill is unknown: {e:#}"))?;
@@ -798,45 +1094,108 @@ async fn run(
         bail!("the backlog was nearly done before the kill; give more --jobs");
     }
 
-    // The kill.
+    // The kill, or in (d) the freeze.
     let mut attempts_before = Vec::new();
     for replica in replicas.iter() {
         attempts_before.push(replica.attempts(http).await);
     }
     let before = sim.stats();
+    let freezing = scenario.freezes();
     println!(
-        "  killing node {victim} after {} results, {} in flight",
+        "  {} node {victim} after {} results, {} in flight",
+        if freezing { "freezing" } else { "killing" },
         observer.results(),
         before.in_flight
     );
-    let kill_at = Instant::now();
-    *killed = Some(victim);
-    cluster_sh(&["kill", &victim.to_string()], Duration::from_secs(30)).await?;
+    let clock = Clock::now();
+    let kill_at = if freezing {
+        *disturbed = Some(Disturbance::Frozen(victim, None));
+        // The script prints the time of its SIGSTOP: the logs' times are compared with it.
+        let stopped = cluster_sh(&["freeze", &victim.to_string()], Duration::from_secs(30)).await?;
+        let epoch: f64 = stopped
+            .parse()
+            .with_context(|| format!("scripts/cluster.sh freeze printed {stopped:?}, not a time"))?;
+        clock.instant_of(epoch)
+    } else {
+        let kill_at = Instant::now();
+        *disturbed = Some(Disturbance::Killed(victim));
+        cluster_sh(&["kill", &victim.to_string()], Duration::from_secs(30)).await?;
+        kill_at
+    };
+    let frozen_at = clock.epoch_of(kill_at);
 
-    // Until every job has a result, or results stop coming.
+    // Until every job has a result, or results stop coming. (d) thaws its node once another
+    // replica leads and a result of its calls has arrived, or at FREEZE_LIMIT.
     let mut first_call = None;
+    // When each provider call after the kill started (as the simulator's count rose).
+    let mut call_starts: Vec<Instant> = Vec::new();
+    let mut calls_seen = before.chat_requests;
+    let mut takeover: Option<(f64, usize)> = None;
+    let mut takeover_checked = kill_at;
+    let mut thawed_at = None;
     loop {
         let now = Instant::now();
-        if first_call.is_none() && sim.stats().chat_requests > before.chat_requests {
-            first_call = Some(now);
+        let calls = sim.stats().chat_requests;
+        if calls > calls_seen {
+            call_starts.extend(std::iter::repeat_n(now, (calls - calls_seen) as usize));
+            calls_seen = calls;
+            first_call.get_or_insert(now);
+        }
+        let flowed = if freezing {
+            // Calls that start before the takeover are the frozen leader's, whose results cannot
+            // arrive; results still on their way at the freeze must not count either.
+            if takeover.is_none() && now - takeover_checked >= Duration::from_millis(500) {
+                takeover_checked = now;
+                takeover = new_leader_after(logs, frozen_at);
+            }
+            takeover
+                .and_then(|(led, _)| call_starts.iter().find(|c| clock.epoch_of(**c) >= led))
+                .and_then(|c| observer.first_after(*c))
+                .is_some()
+        } else {
+            first_call.and_then(|c| observer.first_after(c)).is_some()
+        };
+        if freezing && thawed_at.is_none() {
+            let done = observer.distinct_jobs() >= jobs;
+            let waited = now.saturating_duration_since(kill_at);
+            if flowed || done || waited > FREEZE_LIMIT {
+                if !flowed {
+                    notes.push(format!(
+                        "no result of a new leader's calls within {}s of the freeze",
+                        FREEZE_LIMIT.as_secs()
+                    ));
+                }
+                println!("  thawing node {victim} after {:.1}s", waited.as_secs_f64());
+                cluster_sh(&["thaw", &victim.to_string()], Duration::from_secs(30)).await?;
+                let at = Instant::now();
+                thawed_at = Some(at);
+                *disturbed = Some(Disturbance::Frozen(victim, Some(at)));
+            }
         }
         if observer.distinct_jobs() >= jobs {
             break;
         }
-        let flowed = first_call.and_then(|c| observer.first_after(c)).is_some();
-        if !flowed && now - kill_at > NO_FLOW_GIVE_UP {
-            notes.push(format!("no result within {}s of the kill", NO_FLOW_GIVE_UP.as_secs()));
+        let give_up = if freezing { FREEZE_LIMIT } else { NO_FLOW_GIVE_UP };
+        if !flowed && now.saturating_duration_since(kill_at) > give_up {
+            notes.push(format!("no result within {}s of the kill", give_up.as_secs()));
             break;
         }
-        let last = observer.last_arrival().unwrap_or(kill_at).max(kill_at);
-        if flowed && now - last > STALL_GIVE_UP {
+        let last = observer
+            .last_arrival()
+            .unwrap_or(kill_at)
+            .max(kill_at)
+            .max(thawed_at.unwrap_or(kill_at));
+        if flowed && now.saturating_duration_since(last) > STALL_GIVE_UP {
             notes.push(format!("no result for {}s", STALL_GIVE_UP.as_secs()));
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The node stays down for the whole outage, so that the reconnect rate covers it.
-    if let Some(rest) = outage.checked_sub(kill_at.elapsed()) {
+    // The node stays down for the whole outage, so that the reconnect rate covers it ((d) thaws
+    // as soon as jobs flow again).
+    if let Some(rest) = outage.checked_sub(kill_at.elapsed())
+        && !freezing
+    {
         println!("  keeping node {victim} down for {:.0}s more", rest.as_secs_f64());
         tokio::time::sleep(rest).await;
     }
@@ -863,9 +1222,49 @@ async fn run(
     {
         notes.push(format!("{left} messages still in the jobs/retry/dead queues"));
     }
-    let flow_again = first_call
-        .and_then(|c| observer.first_after(c))
-        .map(|t| t.duration_since(kill_at));
+    let partition = freezing.then(|| {
+        let takeover = takeover.or_else(|| new_leader_after(logs, frozen_at));
+        let since = |t: f64| t - frozen_at;
+        let new_first_call =
+            takeover.and_then(|(led, _)| call_starts.iter().map(|c| clock.epoch_of(*c)).find(|c| *c >= led));
+        let old_log = logs.join(format!("replica-{leading}.log"));
+        let notice = first_line_after(
+            &old_log,
+            frozen_at,
+            &["lost the leadership", "lost the RabbitMQ connection"],
+        );
+        let client_timeout = first_line_after(&old_log, frozen_at, &[LAPIN_HEARTBEAT_LINE]);
+        let old_calls = call_starts
+            .iter()
+            .filter(|c| takeover.is_none_or(|(led, _)| clock.epoch_of(**c) < led))
+            .count() as u64;
+        if takeover.is_some_and(|(_, by)| by == leading) {
+            notes.push(format!(
+                "the frozen leader (replica {leading}) led again itself, on a new connection"
+            ));
+        }
+        PartitionFigures {
+            handover: takeover.map(|(led, _)| since(led) - TAKEOVER_GRACE.as_secs_f64()),
+            new_leader: takeover.map(|(_, by)| by),
+            noticed: notice.as_ref().map(|(t, _)| since(*t)),
+            notice: notice.map(|(_, line)| line),
+            client_timeout: client_timeout.map(|(t, _)| since(t)),
+            new_first_call: new_first_call.map(since),
+            old_calls,
+            thawed: thawed_at.map(|t| since(clock.epoch_of(t))),
+        }
+    });
+    let flow_again = if let Some(p) = &partition {
+        // The first result after the new leader's first call.
+        p.new_first_call
+            .map(|t| clock.instant_of(frozen_at + t))
+            .and_then(|c| observer.first_after(c))
+            .map(|t| t.saturating_duration_since(kill_at))
+    } else {
+        first_call
+            .and_then(|c| observer.first_after(c))
+            .map(|t| t.duration_since(kill_at))
+    };
     let seen = observer.finish().await;
     let completed = seen.by_job.keys().filter(|id| id.starts_with("drill-")).count();
     let duplicated = seen.by_job.values().filter(|bodies| bodies.len() > 1).count();
@@ -888,6 +1287,7 @@ async fn run(
     Ok(Measured {
         killed: victim,
         roles: roles.join("+"),
+        partition,
         flow_again,
         jobs,
         completed,
@@ -1033,17 +1433,17 @@ fn options() -> anyhow::Result<(usize, Duration, Vec<Scenario>)> {
                     Scenario::ALL
                         .into_iter()
                         .find(|s| s.letter() == letter)
-                        .context("--only takes a, b or c")?,
+                        .context("--only takes a, b, c or d")?,
                 );
             }
             // What `cargo bench` passes to every bench.
             "--bench" => {}
-            other => bail!("unknown option {other}; the options are --jobs N, --outage SECONDS and --only a|b|c"),
+            other => bail!("unknown option {other}; the options are --jobs N, --outage SECONDS and --only a|b|c|d"),
         }
         at += 1;
     }
     if only.is_empty() {
-        only = Scenario::ALL.to_vec();
+        only = Scenario::DEFAULT.to_vec();
     }
     Ok((jobs, outage, only))
 }
@@ -1081,6 +1481,64 @@ async fn interrupted() -> &'static str {
         },
         _ => std::future::pending().await,
     }
+}
+
+/// (d)'s own table, if (d) ran.
+fn print_partitions(rows: &[Row]) {
+    let figures: Vec<(&Measured, &PartitionFigures)> = rows
+        .iter()
+        .filter_map(|row| row.outcome.as_ref().ok())
+        .filter_map(|m| m.partition.as_ref().map(|p| (m, p)))
+        .collect();
+    if figures.is_empty() {
+        return;
+    }
+    let secs = |t: Option<f64>| t.map_or_else(|| "?".to_owned(), |t| format!("{t:.1}"));
+    println!();
+    println!(
+        "(d) the freeze, in seconds from the SIGSTOP; replicas' heartbeat {PARTITION_HEARTBEAT_SECS} s, \
+         nodes' net_ticktime {}:",
+        net_ticktime()
+    );
+    println!(
+        "{:<4} {:>8} {:>10} {:>8} {:>9} {:>9} {:>8} {:>8} {:>9} {:>6} {:>5}  notice",
+        "",
+        "handover",
+        "hb timeout",
+        "noticed",
+        "old stops",
+        "new call",
+        "overlap",
+        "thawed",
+        "old calls",
+        "leader",
+        "1302"
+    );
+    for (m, p) in figures {
+        println!(
+            "(d)  {:>8} {:>10} {:>8} {:>9} {:>9} {:>8} {:>8} {:>9} {:>6} {:>5}  {}",
+            secs(p.handover),
+            secs(p.client_timeout),
+            secs(p.noticed),
+            secs(p.old_stops()),
+            secs(p.new_first_call),
+            p.overlap().map_or_else(|| "?".to_owned(), |o| format!("{o:+.1}")),
+            secs(p.thawed),
+            p.old_calls,
+            p.new_leader.map_or_else(|| "?".to_owned(), |r| r.to_string()),
+            m.rejected_1302,
+            p.notice.as_deref().unwrap_or("?"),
+        );
+    }
+    println!(
+        "handover: the new leader's \"now the leader\" minus its {} s grace; hb timeout: lapin's heartbeat \
+         timeout in the old leader's log; noticed: its first \"lost the leadership\" or \"lost the RabbitMQ \
+         connection\"; old stops: noticed + {} s for its calls in flight; new call: the new leader's first \
+         provider call; overlap: old stops - new call, how long both could call the provider (negative: a \
+         gap); old calls: calls started after the freeze, before the handover; leader: the replica that took over.",
+        TAKEOVER_GRACE.as_secs(),
+        LAST_CALLS.as_secs_f64()
+    );
 }
 
 fn rate(r: Option<f64>) -> String {
@@ -1130,7 +1588,7 @@ async fn main() -> ExitCode {
     println!();
     println!(
         "{:<4} {:<8} {:>6} {:>10} {:>4} {:>4} {:>5} {:>11} {:>4} {:>5} {:>15}  verdict",
-        "", "killed", "flow s", "completed", "dup", "lost", "calls", "extra/infl", "peak", "1302", "reconnects/s"
+        "", "node", "flow s", "completed", "dup", "lost", "calls", "extra/infl", "peak", "1302", "reconnects/s"
     );
     for row in &rows {
         let letter = row.scenario.letter();
@@ -1173,13 +1631,15 @@ async fn main() -> ExitCode {
         }
     }
     println!(
-        "killed [L: leadership queue leader, J: jobs queue leader, C: leading replica's connection]; \
-         extra/infl: calls beyond one per completed job / reviews in flight at the kill; \
-         reconnects/s: per replica, from the kill to the end. Targets: flow again <= {}s, lost 0, \
-         extra <= in flight, peak <= {CAP}. Total {:.0}s.",
+        "node: killed ((a) to (c)) or frozen ((d)) [L: leadership queue leader, J: jobs queue leader, \
+         C: leading replica's connection]; extra/infl: calls beyond one per completed job / reviews in \
+         flight at the kill; reconnects/s: per replica, from the kill to the end. Targets: flow again \
+         <= {}s, lost 0, extra <= in flight, peak <= {CAP}; (d): lost 0 and flow again before the thaw. \
+         Total {:.0}s.",
         FLOW_TARGET.as_secs(),
         started.elapsed().as_secs_f64()
     );
+    print_partitions(&rows);
     if !rows.is_empty() && rows.iter().all(Row::passed) {
         ExitCode::SUCCESS
     } else {
