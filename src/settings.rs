@@ -73,10 +73,63 @@ impl std::fmt::Display for Problem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
+    /// The settings could not be loaded; the text never quotes a value (see [`describe`]).
     #[error("could not read settings: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(String),
     #[error("invalid settings (fix these in .env or the environment):\n  - {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  - "))]
     Invalid(Vec<Problem>),
+}
+
+impl From<config::ConfigError> for SettingsError {
+    fn from(error: config::ConfigError) -> Self {
+        Self::Load(describe(&error))
+    }
+}
+
+/// A loading error in words that quote no value. The TOML parser shows the offending line under
+/// its message, and an unquoted `api_open_ai_api_key = sk-…` is exactly such a line; a type error
+/// names what it found. Keys, positions and the file's name stay: they are what an operator needs.
+fn describe(error: &config::ConfigError) -> String {
+    use config::ConfigError;
+    match error {
+        ConfigError::FileParse { uri, cause } => {
+            let file = uri.as_deref().unwrap_or("the settings file");
+            let text = cause.to_string();
+            // `TOML parse error at line 3, column 23`, then the source line and a caret, then the
+            // message: only the first and the last kind are kept.
+            let mut kept = text
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.contains('|') && !line.starts_with('^'));
+            let position = kept.next().unwrap_or("a syntax error");
+            let message: Vec<&str> = kept.collect();
+            let mut said = format!("{file} is not valid: {position}");
+            if !message.is_empty() {
+                said.push_str(": ");
+                said.push_str(&message.join(" "));
+            }
+            said.push_str(" (the line is not shown, it may hold a secret; strings need quotes: key = \"value\")");
+            crate::contract::one_line(&said)
+        }
+        ConfigError::Type {
+            origin, expected, key, ..
+        } => format!(
+            "{} has the wrong type, expected {expected}{}",
+            key.as_deref().unwrap_or("a setting"),
+            origin.as_deref().map(|o| format!(" (in {o})")).unwrap_or_default()
+        ),
+        ConfigError::At { error, origin, key } => format!(
+            "{}{}: {}",
+            key.as_deref().unwrap_or("a setting"),
+            origin.as_deref().map(|o| format!(" (in {o})")).unwrap_or_default(),
+            describe(error)
+        ),
+        ConfigError::NotFound(key) => format!("{key} is missing"),
+        // `configuration file "…" not found` and other texts the config crate writes itself.
+        ConfigError::Message(message) if message.starts_with("configuration file") => message.clone(),
+        ConfigError::Foreign(cause) if cause.is::<std::io::Error>() => cause.to_string(),
+        _ => "the settings could not be loaded (the details may quote a value, so they are not shown)".to_owned(),
+    }
 }
 
 /// Which Z.AI plan the key belongs to; it sets the default deployment-wide cap.
@@ -901,6 +954,33 @@ mod tests {
         assert!(!format!("{settings:?}").contains("sk-very-secret"));
         let error = with(&[("API_LLM_PROVIDER_MODEL", "")]).unwrap_err();
         assert!(!error.to_string().contains("sk-very-secret"));
+    }
+
+    #[test]
+    fn a_settings_file_that_is_not_toml_is_refused_without_echoing_its_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("worker.toml");
+        std::fs::write(
+            &file,
+            "api_llm_provider_model = \"glm-5.1\"\napi_open_ai_api_key = sk-secret-123\n",
+        )
+        .unwrap();
+        let error = Settings::load(Some(&file)).unwrap_err();
+        let text = error.to_string();
+        assert!(matches!(error, SettingsError::Load(_)), "{error:?}");
+        assert!(!text.contains("sk-secret"), "{text}");
+        assert!(!format!("{error:?}").contains("sk-secret"));
+        assert!(text.contains("line 2"), "the position is kept: {text}");
+        assert!(text.contains("worker.toml"), "the file is named: {text}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_in_a_settings_file_is_not_echoed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("worker.toml");
+        std::fs::write(&file, "api_open_ai_api_key = { nested = \"sk-secret-123\" }\n").unwrap();
+        let text = Settings::load(Some(&file)).unwrap_err().to_string();
+        assert!(!text.contains("sk-secret"), "{text}");
     }
 
     #[test]
