@@ -32,7 +32,7 @@ pub(crate) struct Anchored {
 const NEAR_LINES: i64 = 3;
 
 /// Anchors `raw` to the changed lines of `files` and applies `options`' severity floor and limit.
-pub(crate) fn anchor(raw: Vec<RawSuggestion>, files: &[FileDiff], options: &ReviewOptions) -> Anchored {
+pub(crate) fn anchor(raw: Vec<RawSuggestion>, files: &[FileDiff<'_>], options: &ReviewOptions) -> Anchored {
     let total = raw.len();
     let added: Vec<AddedLines<'_>> = files.iter().map(AddedLines::of).collect();
     let mut kept: Vec<Placed> = raw
@@ -74,13 +74,13 @@ struct AddedLines<'a> {
 }
 
 impl<'a> AddedLines<'a> {
-    fn of(file: &'a FileDiff) -> Self {
+    /// Sections of one path merged from a patch series may add the same line number twice; the
+    /// later text wins, as the later commit's does.
+    fn of(file: &FileDiff<'a>) -> Self {
         let text = file
-            .hunks
-            .iter()
-            .flat_map(|hunk| &hunk.lines)
+            .lines()
             .filter(|line| line.kind == LineKind::Added)
-            .filter_map(|line| Some((line.new_line?, line.text.as_str())))
+            .filter_map(|line| Some((line.new_line?, line.text)))
             .collect();
         Self {
             changed: file.changed_lines(),
@@ -89,7 +89,7 @@ impl<'a> AddedLines<'a> {
     }
 }
 
-fn place(raw: RawSuggestion, files: &[FileDiff], added: &[AddedLines<'_>]) -> Option<Placed> {
+fn place(raw: RawSuggestion, files: &[FileDiff<'_>], added: &[AddedLines<'_>]) -> Option<Placed> {
     let body = raw.body.trim();
     if body.is_empty() {
         return None;
@@ -98,7 +98,7 @@ fn place(raw: RawSuggestion, files: &[FileDiff], added: &[AddedLines<'_>]) -> Op
     let (line_start, line_end, moved) = place_lines(&raw, &added[index])?;
     Some(Placed {
         suggestion: Suggestion {
-            file: files[index].path.clone(),
+            file: files[index].path.clone().into_owned(),
             line_start,
             line_end,
             severity: raw.severity.unwrap_or(Severity::Medium),
@@ -117,7 +117,7 @@ fn trimmed(text: Option<String>) -> Option<String> {
 }
 
 /// The index in `files` of the file the model meant by `path`.
-fn match_file(path: &str, files: &[FileDiff]) -> Option<usize> {
+fn match_file(path: &str, files: &[FileDiff<'_>]) -> Option<usize> {
     if let Some(index) = files.iter().position(|f| f.path == path) {
         return Some(index);
     }
@@ -152,7 +152,7 @@ fn path_components(path: &str) -> Vec<&str> {
 
 /// The file whose path ends with the model's (a shortened path) or whose path the model's ends
 /// with (a path from some other root), if exactly one matches on the most components.
-fn unique_suffix_match(wanted: &[&str], files: &[FileDiff]) -> Option<usize> {
+fn unique_suffix_match(wanted: &[&str], files: &[FileDiff<'_>]) -> Option<usize> {
     if wanted.is_empty() {
         return None;
     }
@@ -260,40 +260,48 @@ fn nearest_changed(changed: &BTreeSet<u32>, start: i64, end: i64, low: u32, high
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::{DiffLine, FileStatus, Hunk};
+    use crate::diff::{FileStatus, Hunk};
 
-    /// A modified file whose diff added `added` (line, text); it also removed a line, which
-    /// must never count as changed.
-    fn file(path: &str, added: &[(u32, &str)]) -> FileDiff {
-        let mut lines = vec![DiffLine {
-            kind: LineKind::Removed,
-            text: "removed".into(),
-            new_line: None,
-            old_line: Some(1),
+    /// A modified file whose diff added `added` (line, text), one hunk per run of consecutive
+    /// lines; it also removed a line, which must never count as changed. Bodies are leaked: a
+    /// test's few bytes.
+    fn file(path: &str, added: &[(u32, &str)]) -> FileDiff<'static> {
+        let mut hunks = vec![Hunk {
+            old_start: 1,
+            old_lines: 1,
+            new_start: 1,
+            new_lines: 0,
+            section: "",
+            body: "-removed\n",
         }];
-        lines.extend(added.iter().map(|&(line, text)| DiffLine {
-            kind: LineKind::Added,
-            text: text.into(),
-            new_line: Some(line),
-            old_line: None,
-        }));
+        let mut at = 0;
+        while at < added.len() {
+            let mut end = at + 1;
+            while end < added.len() && added[end - 1].0.checked_add(1) == Some(added[end].0) {
+                end += 1;
+            }
+            let body: String = added[at..end].iter().map(|(_, text)| format!("+{text}\n")).collect();
+            hunks.push(Hunk {
+                old_start: 1,
+                old_lines: 0,
+                new_start: added[at].0,
+                new_lines: u32::try_from(end - at).unwrap(),
+                section: "",
+                body: Box::leak(body.into_boxed_str()),
+            });
+            at = end;
+        }
         FileDiff {
-            path: path.into(),
+            path: path.to_owned().into(),
             old_path: None,
             status: FileStatus::Modified,
             binary: false,
-            hunks: vec![Hunk {
-                old_start: 1,
-                old_lines: 1,
-                new_start: added.first().map_or(1, |a| a.0),
-                new_lines: u32::try_from(added.len()).unwrap(),
-                section: String::new(),
-                lines,
-            }],
+            damaged: false,
+            hunks,
         }
     }
 
-    fn lines(path: &str, numbers: &[u32]) -> FileDiff {
+    fn lines(path: &str, numbers: &[u32]) -> FileDiff<'static> {
         let added: Vec<(u32, &str)> = numbers.iter().map(|&n| (n, "x")).collect();
         file(path, &added)
     }
@@ -333,7 +341,7 @@ mod tests {
             .collect()
     }
 
-    fn anchor_one(suggestion: RawSuggestion, files: &[FileDiff]) -> Option<(String, u32, u32)> {
+    fn anchor_one(suggestion: RawSuggestion, files: &[FileDiff<'_>]) -> Option<(String, u32, u32)> {
         let anchored = anchor(vec![suggestion], files, &no_limits());
         anchored
             .suggestions
@@ -538,11 +546,13 @@ mod tests {
     #[test]
     fn a_suggestion_on_context_or_removed_lines_far_from_any_addition_is_dropped() {
         let mut with_context = lines("f.rs", &[50]);
-        with_context.hunks[0].lines.push(DiffLine {
-            kind: LineKind::Context,
-            text: "context".into(),
-            new_line: Some(5),
-            old_line: Some(5),
+        with_context.hunks.push(Hunk {
+            old_start: 5,
+            old_lines: 1,
+            new_start: 5,
+            new_lines: 1,
+            section: "",
+            body: " context\n",
         });
         let suggestion = RawSuggestion {
             existing_code: Some("context".into()),
@@ -562,6 +572,7 @@ mod tests {
             old_path: None,
             status: FileStatus::Added,
             binary: true,
+            damaged: false,
             hunks: Vec::new(),
         };
         let anchored = anchor(

@@ -14,9 +14,11 @@ use crate::provider::{ChatAnswer, Message, ProviderError};
 
 /// A job ready to send: what fits the model's window, and the messages.
 #[derive(Debug)]
-pub(crate) struct Prepared {
-    pub fitted: Fitted,
+pub(crate) struct Prepared<'a> {
+    pub fitted: Fitted<'a>,
     pub messages: Vec<Message>,
+    /// Why nothing is sent when `fitted.files` is empty, if not the usual "all skipped".
+    pub nothing_to_review: Option<&'static str>,
 }
 
 /// What the model said about a job, anchored and filtered.
@@ -48,8 +50,12 @@ fn output_reserve(window: usize) -> usize {
 }
 
 /// Parses the job's diff and fits it, with the prompt around it, into the model's window.
-pub(crate) fn prepare(job: &Job, model: &str) -> Result<Prepared, ReviewError> {
-    let files: Vec<FileDiff> = if job.files.is_empty() {
+///
+/// A diff that adds no line gives a suggestion nowhere to point, so it costs no call: a damaged
+/// one (a word diff, a diff cut mid-hunk) is an invalid job, one that only deletes, renames or
+/// changes modes is reviewed as "nothing to review".
+pub(crate) fn prepare<'a>(job: &'a Job, model: &str) -> Result<Prepared<'a>, ReviewError> {
+    let files: Vec<FileDiff<'a>> = if job.files.is_empty() {
         parse_unified(&job.diff)
     } else {
         from_job_files(&job.files)
@@ -60,24 +66,39 @@ pub(crate) fn prepare(job: &Job, model: &str) -> Result<Prepared, ReviewError> {
     }
     let ignore = build_ignore_set(&job.options.ignore_paths)
         .map_err(|e| ReviewError::InvalidJob(format!("options.ignore_paths: {e}")))?;
+    if files.iter().all(|file| file.added_line_count() == 0) {
+        if files.iter().any(|file| file.damaged) {
+            return Err(ReviewError::InvalidJob(
+                "the diff adds no line, and a hunk of it holds fewer lines than its header announces \
+                 or changes none (a word diff? a diff cut short?): there is nothing to review"
+                    .to_owned(),
+            ));
+        }
+        return Ok(Prepared {
+            fitted: Fitted {
+                skipped_files: files.into_iter().map(|file| file.path.into_owned()).collect(),
+                ..Fitted::default()
+            },
+            messages: Vec::new(),
+            nothing_to_review: Some(
+                "Nothing to review: the diff adds no lines (it only removes, renames or changes modes).",
+            ),
+        });
+    }
 
     let window = context_window(model) as usize;
     // The prompt without a diff tells how much the frame takes.
-    let frame = build_messages(
-        job,
-        &Fitted {
-            files: Vec::new(),
-            skipped_files: Vec::new(),
-            truncated: false,
-            estimated_tokens: 0,
-        },
-    );
+    let frame = build_messages(job, &Fitted::default());
     let frame_tokens: usize = frame.iter().map(|m| estimate_tokens(&m.content)).sum();
     let budget = window.saturating_sub(output_reserve(window) + frame_tokens + 256);
 
     let fitted = fit(files, &ignore, budget);
     let messages = build_messages(job, &fitted);
-    Ok(Prepared { fitted, messages })
+    Ok(Prepared {
+        fitted,
+        messages,
+        nothing_to_review: None,
+    })
 }
 
 /// How a review reaches the model: the executor puts retries, limits and the fallback behind
@@ -87,15 +108,22 @@ pub(crate) trait ModelCall: Sync {
 }
 
 /// Runs the review: one call, one repair call if the answer cannot be read, then anchoring.
-pub(crate) async fn run(job: &Job, prepared: Prepared, model: &impl ModelCall) -> Result<Review, ReviewError> {
-    let Prepared { fitted, mut messages } = prepared;
+pub(crate) async fn run(job: &Job, prepared: Prepared<'_>, model: &impl ModelCall) -> Result<Review, ReviewError> {
+    let Prepared {
+        fitted,
+        mut messages,
+        nothing_to_review,
+    } = prepared;
     let mut usage = Usage::default();
     let mut model_time = Duration::ZERO;
 
     if fitted.files.is_empty() {
         // Nothing reviewable is left (all lockfiles, binaries, ignored…): no call, no quota.
         return Ok(Review {
-            summary: format!("Nothing to review: {} file(s) skipped.", fitted.skipped_files.len()),
+            summary: nothing_to_review.map_or_else(
+                || format!("Nothing to review: {} file(s) skipped.", fitted.skipped_files.len()),
+                str::to_owned,
+            ),
             suggestions: Vec::new(),
             usage,
             truncated: fitted.truncated,
