@@ -174,6 +174,7 @@ impl<'a> Iterator for HunkLines<'a> {
 
     fn next(&mut self) -> Option<DiffLine<'a>> {
         loop {
+            count_line();
             if self.rest.is_empty() {
                 return None;
             }
@@ -457,9 +458,22 @@ struct Cursor<'a> {
     at: usize,
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Lines looked at by the parser and by hunk iteration, for tests that prove the work
+    /// linear in the input.
+    pub(crate) static LINES_READ: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn count_line() {
+    #[cfg(test)]
+    LINES_READ.with(|n| n.set(n.get() + 1));
+}
+
 impl<'a> Cursor<'a> {
     /// The next line without its `\n` or `\r\n`, and the offset after it.
     fn peek(&self) -> Option<(&'a str, usize)> {
+        count_line();
         let rest = self.text.get(self.at..).filter(|rest| !rest.is_empty())?;
         let (line, used) = match rest.find('\n') {
             Some(end) => (&rest[..end], end + 1),
@@ -828,6 +842,7 @@ fn unquote(quoted: &str) -> Option<(String, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn parse_one(text: &str) -> FileDiff<'_> {
         let mut files = parse_unified(text).unwrap();
@@ -1246,5 +1261,190 @@ diff --git a/b.txt b/b.txt
     fn a_file_without_hunks_renders_as_its_header_alone() {
         let file = parse_one("diff --git a/p.png b/p.png\nBinary files a/p.png and b/p.png differ\n");
         assert_eq!(render_for_prompt(&file), "=== FILE: p.png (modified)\n");
+    }
+
+    #[test]
+    fn sections_of_one_path_from_a_patch_series_are_merged_into_one_file() {
+        let series = "\
+From 1 Mon Sep 17 00:00:00 2001
+Subject: [PATCH 1/2] first
+
+diff --git a/src/a.rs b/src/a.rs
+--- a/src/a.rs
++++ b/src/a.rs
+@@ -1,2 +1,3 @@
+ fn a() {}
++fn b() {}
+ fn c() {}
+diff --git a/src/other.rs b/src/other.rs
+new file mode 100644
+--- /dev/null
++++ b/src/other.rs
+@@ -0,0 +1 @@
++x
+From 2 Mon Sep 17 00:00:00 2001
+Subject: [PATCH 2/2] second
+
+diff --git a/src/a.rs b/src/a.rs
+--- a/src/a.rs
++++ b/src/a.rs
+@@ -10,2 +10,3 @@
+ fn j() {}
++fn k() {}
+ fn l() {}
+diff --git a/src/other.rs b/src/other.rs
+--- a/src/other.rs
++++ b/src/other.rs
+@@ -1 +1,2 @@
+ x
++y
+";
+        let files = parse_unified(series).unwrap();
+        let summary: Vec<(&str, FileStatus, usize)> = files
+            .iter()
+            .map(|f| (f.path.as_ref(), f.status, f.hunks.len()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("src/a.rs", FileStatus::Modified, 2),
+                ("src/other.rs", FileStatus::Added, 2)
+            ]
+        );
+        assert_eq!(files[0].changed_lines().into_iter().collect::<Vec<_>>(), [2, 11]);
+    }
+
+    #[test]
+    fn a_removal_after_changes_leaves_a_removed_file() {
+        let files = parse_unified("--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n--- a/x\n+++ /dev/null\n@@ -1 +0,0 @@\n-b\n")
+            .unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].status, FileStatus::Removed);
+    }
+
+    #[test]
+    fn a_word_diff_or_a_hunk_cut_short_marks_the_file_damaged() {
+        let word_diff = parse_one("--- a/a\n+++ b/a\n@@ -1,2 +1,2 @@\nfoo [-bar-]{+baz+}\nqux\n");
+        assert!(word_diff.damaged && word_diff.added_line_count() == 0);
+        let cut = parse_one("--- a/a\n+++ b/a\n@@ -1,4 +1,4 @@\n keep\n-gone\n");
+        assert!(cut.damaged && cut.added_line_count() == 0);
+        let whole = parse_one("--- a/a\n+++ b/a\n@@ -1,2 +1,1 @@\n keep\n-gone\n");
+        assert!(!whole.damaged, "a complete deletion is not damage");
+    }
+
+    #[test]
+    fn more_files_than_the_limit_are_an_error() {
+        let text = (0..=MAX_FILES)
+            .map(|i| format!("--- a/f{i}\n+++ b/f{i}\n"))
+            .collect::<String>();
+        assert_eq!(parse_unified(&text), Err(DiffError::TooManyFiles { limit: MAX_FILES }));
+        let same = "--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n+b\n".repeat(MAX_FILES + 1);
+        assert_eq!(
+            parse_unified(&same).unwrap().len(),
+            1,
+            "one path many times is one file"
+        );
+    }
+
+    #[test]
+    fn a_bad_hunk_header_is_quoted_short() {
+        let header = format!("@@ -1 +1 @@@{}", "x".repeat(100_000));
+        let error = parse_unified(&format!("--- a/a\n+++ b/a\n{header}\n")).map(|_| ());
+        let header = format!("@@ -1 {}", "x".repeat(100_000));
+        let error2 = parse_unified(&format!("--- a/a\n+++ b/a\n{header}\n")).map(|_| ());
+        for error in [error, error2].into_iter().filter_map(Result::err) {
+            assert!(error.to_string().len() < 100, "{error}");
+        }
+    }
+
+    #[test]
+    fn pricing_a_rendering_agrees_with_the_rendering() {
+        let file = parse_one(MODIFIED);
+        assert_eq!(rendered_size(&file), TextSize::of(&render_for_prompt(&file)));
+        let renamed = parse_one(
+            "diff --git a/a.rs b/b.rs\nrename from a.rs\nrename to b.rs\n--- a/a.rs\n+++ b/b.rs\n\
+             @@ -99999 +1234567,2 @@ fn x\n-x\n+y\n+é日\n",
+        );
+        assert_eq!(rendered_size(&renamed), TextSize::of(&render_for_prompt(&renamed)));
+    }
+
+    /// Lines read while parsing `text` and walking every line of the result.
+    fn work(text: &str) -> u64 {
+        LINES_READ.with(|n| n.set(0));
+        let files = parse_unified(text).unwrap();
+        let walked: usize = files.iter().map(|f| f.lines().count()).sum();
+        assert!(walked > 0);
+        LINES_READ.with(std::cell::Cell::get)
+    }
+
+    #[test]
+    fn parsing_is_linear_in_the_diff_whatever_its_shape() {
+        let shapes = [
+            // Many files.
+            "diff --git a/x{i} b/x{i}\n--- a/x{i}\n+++ b/x{i}\n@@ -1 +1 @@\n-a\n+b\n".to_owned(),
+            // One file, many hunks, repeated sections of one path.
+            "--- a/x\n+++ b/x\n@@ -{i} +{i},2 @@\n a\n+b\n".to_owned(),
+            // Long hunks and junk between them.
+            format!(
+                "--- a/y{{i}}\n+++ b/y{{i}}\n@@ -1,40 +1,40 @@\n{}noise\n",
+                " x\n".repeat(40)
+            ),
+        ];
+        for shape in shapes {
+            let text = |n: usize| (0..n).map(|i| shape.replace("{i}", &i.to_string())).collect::<String>();
+            let (small, large) = (work(&text(200)), work(&text(1600)));
+            assert!(
+                large <= 8 * small + 64,
+                "{small} lines read for n, {large} for 8n: {shape:?}"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(64),
+            ..ProptestConfig::default()
+        })]
+
+        /// Diff-like text from the lines diffs are made of, shuffled: headers out of order, hunks
+        /// whose counts lie, CRLF, quotes, `\ No newline`, junk.
+        #[test]
+        fn no_diff_text_makes_the_parser_panic_and_every_line_number_is_in_its_hunk(
+            lines in prop::collection::vec(
+                prop_oneof![
+                    Just("diff --git a/x b/x".to_owned()),
+                    Just("diff --git \"a/q\\303\\251 x\" \"b/q y\"".to_owned()),
+                    Just("--- a/x".to_owned()),
+                    Just("+++ b/x".to_owned()),
+                    Just("--- /dev/null".to_owned()),
+                    Just("+++ /dev/null".to_owned()),
+                    Just("rename from a".to_owned()),
+                    Just("rename to b".to_owned()),
+                    Just("Binary files a/x and b/x differ".to_owned()),
+                    Just("GIT binary patch".to_owned()),
+                    Just("\\ No newline at end of file".to_owned()),
+                    (0u32..5, 0u32..4, 0u32..5, 0u32..4)
+                        .prop_map(|(a, b, c, d)| format!("@@ -{a},{b} +{c},{d} @@ f")),
+                    Just("@@ -4294967295,1 +1 @@".to_owned()),
+                    "[ +-][a-z\"\\\\é\r]{0,6}",
+                    "[a-z@ ]{0,8}",
+                ],
+                0..60,
+            )
+        ) {
+            let text = lines.join("\n");
+            if let Ok(files) = parse_unified(&text) {
+                for file in &files {
+                    for hunk in &file.hunks {
+                        for line in hunk.lines() {
+                            if let Some(n) = line.new_line {
+                                prop_assert!(n >= hunk.new_start && n < hunk.new_start + hunk.new_lines.max(1));
+                            }
+                        }
+                    }
+                    prop_assert_eq!(rendered_size(file), TextSize::of(&render_for_prompt(file)));
+                }
+            }
+        }
     }
 }

@@ -272,4 +272,46 @@ mod tests {
         job.diff = "   \n".into();
         assert!(matches!(prepare(&job, "glm-5.1"), Err(ReviewError::InvalidJob(_))));
     }
+
+    #[test]
+    fn a_damaged_diff_that_adds_no_line_is_an_invalid_job() {
+        let mut job = job();
+        for damaged in [
+            // A word diff: hunk headers over lines no hunk can hold.
+            "diff --git a/a.rs b/a.rs\n--- a/a.rs\n+++ b/a.rs\n@@ -1,2 +1,2 @@\nlet [-a-]{+b+} = 1;\n",
+            // Cut before the first added line.
+            "diff --git a/a.rs b/a.rs\n--- a/a.rs\n+++ b/a.rs\n@@ -1,5 +1,6 @@\n fn a() {\n-    x\n",
+        ] {
+            job.diff = damaged.into();
+            match prepare(&job, "glm-5.1") {
+                Err(ReviewError::InvalidJob(message)) => assert!(message.contains("adds no line"), "{message}"),
+                other => panic!("expected an invalid job, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_diff_that_only_deletes_costs_no_call() {
+        let mut job = job();
+        job.diff =
+            "--- a/a.rs\n+++ b/a.rs\n@@ -1,2 +1,1 @@\n keep\n-gone\n--- a/b.rs\n+++ /dev/null\n@@ -1 +0,0 @@\n-x\n"
+                .into();
+        let model = Scripted::new(&[]);
+        let review = run(&job, prepare(&job, "glm-5.1").unwrap(), &model).await.unwrap();
+        assert!(model.seen.lock().unwrap().is_empty());
+        assert!(review.summary.contains("adds no lines"), "{}", review.summary);
+        assert_eq!(review.skipped_files, ["a.rs", "b.rs"]);
+    }
+
+    #[test]
+    fn a_description_of_megabytes_is_cut_and_leaves_the_diff_its_room() {
+        let mut job = job();
+        job.pull_request.body = Some("word ".repeat(1 << 20));
+        job.options.instructions = Some("rule ".repeat(1 << 20));
+        let prepared = prepare(&job, "glm-5.1").unwrap();
+        assert_eq!(prepared.fitted.files.len(), 1, "the diff still fits");
+        let size: usize = prepared.messages.iter().map(|m| m.content.len()).sum();
+        assert!(size < 60_000, "{size} bytes of prompt");
+        assert!(prepared.messages[1].content.contains("cut: longer than"));
+    }
 }

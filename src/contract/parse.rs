@@ -612,3 +612,348 @@ fn sniff_job_id(body: &[u8]) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+    use std::sync::LazyLock;
+
+    const EXAMPLE_JOB: &str = include_str!("../../docs/contract/examples/job.json");
+
+    /// The schema the code must agree with, compiled as a producer's validator would.
+    static SCHEMA: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
+        let schema: Value =
+            serde_json::from_str(include_str!("../../docs/contract/review-job.v1.schema.json")).unwrap();
+        jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .build(&schema)
+            .unwrap()
+    });
+
+    fn example() -> Value {
+        serde_json::from_str(EXAMPLE_JOB).unwrap()
+    }
+
+    fn parse(value: &Value) -> Result<Job, (InvalidJob, Option<String>)> {
+        parse_job(&serde_json::to_vec(value).unwrap(), 1 << 24)
+    }
+
+    fn schema_message(value: &Value) -> String {
+        match parse(value) {
+            Err((InvalidJob::Schema(message), _)) => message,
+            other => panic!("expected a schema error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_example_job_is_read_whole() {
+        let job = parse(&example()).unwrap();
+        assert_eq!(job.job_id, "7b1c2f0e-4f5e-4d59-9b7a-1f0d3c1e9a11");
+        assert_eq!(job.repository.platform.as_deref(), Some("github"));
+        assert_eq!(
+            job.pull_request.title.as_deref(),
+            Some("Parse refund amounts from the webhook")
+        );
+        assert!(job.diff.contains("let password = \"hunter2\";\n"), "escapes are undone");
+        assert_eq!(job.options.max_suggestions, Some(10));
+        assert_eq!(
+            job.created_at.map(|at| at.to_rfc3339()).as_deref(),
+            Some("2026-11-26T12:00:00+00:00")
+        );
+    }
+
+    #[test]
+    fn a_job_id_within_128_characters_but_over_128_bytes_is_refused_and_not_echoed_as_an_id() {
+        let mut job = example();
+        job["job_id"] = json!("é".repeat(125));
+        assert!(SCHEMA.is_valid(&job), "the schema counts characters");
+        let (error, id) = parse(&job).unwrap_err();
+        assert!(error.to_string().contains("250 bytes"), "{error}");
+        assert_eq!(id, None, "an id the broker cannot carry is no id to answer to");
+        job["job_id"] = json!("é".repeat(64));
+        assert_eq!(parse(&job).unwrap().job_id.len(), 128);
+    }
+
+    #[test]
+    fn unknown_properties_are_skipped_whatever_they_hold() {
+        let mut job = example();
+        job["padding"] = json!(vec![0; 100_000]);
+        job["repository"]["extra"] = json!({"deep": [[[[{"a": null}]]]]});
+        job["files_hint"] = json!("x".repeat(10_000));
+        assert!(parse(&job).is_ok());
+    }
+
+    #[test]
+    fn an_invalid_job_message_names_the_place_and_never_the_value() {
+        let secret = format!("sk-{}", "s".repeat(1 << 20));
+        let mut job = example();
+        job["pull_request"]["number"] = json!(secret);
+        let message = schema_message(&job);
+        assert_eq!(
+            message,
+            "at /pull_request/number: must be an integer of at least 1, not a string"
+        );
+        let mut job = example();
+        job["options"]["min_severity"] = json!(secret);
+        let message = schema_message(&job);
+        assert!(message.len() < 200 && !message.contains("sk-"), "{message}");
+        let (error, _) = parse(&json!(secret)).unwrap_err();
+        assert!(error.to_string().len() < 200, "{error}");
+    }
+
+    #[test]
+    fn the_job_id_is_still_returned_when_another_rule_fails() {
+        let mut job = example();
+        job["repository"] = json!([]);
+        let (error, id) = parse(&job).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "job does not match review-job/v1: at /repository: must be an object, not an array"
+        );
+        assert_eq!(id.as_deref(), Some("7b1c2f0e-4f5e-4d59-9b7a-1f0d3c1e9a11"));
+    }
+
+    #[test]
+    fn a_null_is_not_an_absent_property() {
+        let mut job = example();
+        job["pull_request"]["body"] = Value::Null;
+        assert!(!SCHEMA.is_valid(&job));
+        assert_eq!(
+            schema_message(&job),
+            "at /pull_request/body: must be a string, not null"
+        );
+    }
+
+    #[test]
+    fn integers_may_be_written_as_whole_floats_as_json_schema_allows() {
+        let mut job = example();
+        job["pull_request"]["number"] = serde_json::from_str("4.0e1").unwrap();
+        assert_eq!(parse(&job).unwrap().pull_request.number, 40);
+        job["pull_request"]["number"] = json!(1.5);
+        assert!(schema_message(&job).contains("not a fraction"));
+    }
+
+    #[test]
+    fn files_and_ignore_paths_beyond_their_caps_are_refused_like_the_schema_does() {
+        let mut job = example();
+        job["files"] = json!(vec![json!({"path": "a", "patch": ""}); MAX_FILES + 1]);
+        assert!(!SCHEMA.is_valid(&job));
+        assert_eq!(
+            schema_message(&job),
+            format!("at /files: has more than {MAX_FILES} entries")
+        );
+        let mut job = example();
+        job["options"]["ignore_paths"] = json!(vec!["*.md"; MAX_IGNORE_PATHS + 1]);
+        assert!(!SCHEMA.is_valid(&job));
+        assert!(parse(&job).is_err());
+    }
+
+    #[test]
+    fn a_lone_surrogate_is_not_json() {
+        let body = EXAMPLE_JOB.replace("Adds refund parsing.", "\\ud800 alone");
+        let (error, id) = parse_job(body.as_bytes(), 1 << 20).unwrap_err();
+        assert!(matches!(error, InvalidJob::NotJson(_)), "{error}");
+        assert!(id.is_some());
+    }
+
+    #[test]
+    fn a_too_large_job_still_yields_its_id_but_not_an_escaped_one() {
+        let body = format!(
+            r#"{{"diff": "{} \"job_id\": \"inner\"", "job_id": "big-1"}}"#,
+            "x".repeat(5000)
+        );
+        let (error, id) = parse_job(body.as_bytes(), 100).unwrap_err();
+        assert!(matches!(error, InvalidJob::TooLarge { .. }));
+        assert_eq!(id.as_deref(), Some("big-1"));
+    }
+
+    #[test]
+    fn an_unknown_property_nested_millions_deep_is_skipped_without_recursion() {
+        // A Value-building parser would recurse (or stop at serde_json's 128 levels); skipping
+        // costs a byte per level.
+        let depth = 4 << 20;
+        let body = EXAMPLE_JOB.replacen(
+            '{',
+            &format!(r#"{{"padding": {}{}, "#, "[".repeat(depth), "]".repeat(depth)),
+            1,
+        );
+        assert_eq!(parse_job(body.as_bytes(), 1 << 25).unwrap().pull_request.number, 42);
+    }
+
+    /// Values a mutated job may get at a property: every JSON type, and strings and numbers at
+    /// the edges of the schema's limits.
+    fn any_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            prop_oneof![Just(0i64), Just(1), Just(-1), Just(42), Just(i64::MAX)].prop_map(Value::from),
+            prop_oneof![Just(1.0f64), Just(1.5), Just(-0.0), Just(100.0)].prop_map(Value::from),
+            (
+                0usize..=130,
+                prop_oneof![Just("a"), Just("é"), Just("\n"), Just("\u{1F600}")]
+            )
+                .prop_map(|(n, unit)| Value::from(unit.repeat(n))),
+            prop_oneof![
+                Just("review-job/v1"),
+                Just("github"),
+                Just("gitea"),
+                Just("GitHub"),
+                Just("added"),
+                Just("renamed"),
+                Just("high"),
+                Just("2026-11-26T12:00:00Z"),
+                Just("2026-11-26T12:00:00+02:00"),
+            ]
+            .prop_map(Value::from),
+            Just(json!([])),
+            Just(json!(["*.md", "docs/"])),
+            Just(json!([1])),
+            Just(json!({})),
+            Just(json!({"path": "a.rs", "patch": "@@ -1 +1 @@\n-a\n+b\n"})),
+            Just(json!([{"path": "a.rs", "patch": "@@ -1 +1 @@\n-a\n+b\n", "status": "modified"}])),
+            Just(json!([{"path": "a.rs"}])),
+            Just(json!({"full_name": "a/b"})),
+            Just(json!({"number": 3})),
+        ]
+    }
+
+    const PLACES: &[&str] = &[
+        "/schema",
+        "/job_id",
+        "/repository",
+        "/repository/full_name",
+        "/repository/platform",
+        "/repository/language",
+        "/pull_request",
+        "/pull_request/number",
+        "/pull_request/title",
+        "/pull_request/body",
+        "/diff",
+        "/files",
+        "/files/0",
+        "/files/0/path",
+        "/files/0/status",
+        "/files/0/patch",
+        "/options",
+        "/options/max_suggestions",
+        "/options/min_severity",
+        "/options/ignore_paths",
+        "/options/ignore_paths/0",
+        "/created_at",
+        "/unknown",
+    ];
+
+    /// Sets (or with `None` removes) the value at `place`, when its parent exists.
+    fn mutate(job: &mut Value, place: &str, value: Option<Value>) {
+        let (parent, key) = place.rsplit_once('/').unwrap();
+        let Some(parent) = job.pointer_mut(parent) else { return };
+        match (parent, value) {
+            (Value::Object(map), Some(value)) => {
+                map.insert(key.to_owned(), value);
+            }
+            (Value::Object(map), None) => {
+                map.remove(key);
+            }
+            (Value::Array(items), Some(value)) => {
+                if let Some(slot) = key.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                    *slot = value;
+                }
+            }
+            (Value::Array(items), None) => {
+                items.retain({
+                    let mut at = 0;
+                    move |_| {
+                        at += 1;
+                        key.parse::<usize>().ok() != Some(at - 1)
+                    }
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// What the worker adds to the schema, which JSON Schema cannot say: `job_id` in bytes, and
+    /// `created_at` as a real date-time (the schema's `format` is an annotation).
+    fn beyond_the_schema(job: &Value) -> bool {
+        let id_fits = job["job_id"].as_str().is_none_or(|id| id.len() <= MAX_ID_BYTES);
+        let date_reads = job
+            .get("created_at")
+            .and_then(Value::as_str)
+            .is_none_or(|at| at.parse::<DateTime<FixedOffset>>().is_ok());
+        id_fits && date_reads
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(64),
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn the_code_accepts_exactly_the_jobs_the_schema_accepts(
+            mutations in prop::collection::vec(
+                (prop::sample::select(PLACES), prop::option::weighted(0.8, any_value())),
+                1..4,
+            ),
+            with_files in any::<bool>(),
+        ) {
+            let mut job = example();
+            if with_files {
+                job["files"] = json!([{"path": "src/a.rs", "patch": "@@ -1 +1 @@\n-a\n+b\n"}]);
+                job["options"]["ignore_paths"] = json!(["vendor/"]);
+            }
+            for (place, value) in mutations {
+                mutate(&mut job, place, value);
+            }
+            let expected = SCHEMA.is_valid(&job) && beyond_the_schema(&job);
+            let got = parse(&job);
+            prop_assert_eq!(got.is_ok(), expected, "{:?} for {}", got.err().map(|e| e.0.to_string()), job);
+            if let Err((error, _)) = got {
+                prop_assert!(error.to_string().len() <= 300, "{}", error);
+            }
+        }
+
+        #[test]
+        fn unescaping_agrees_with_serde_json(text in any::<String>(), escape_all in any::<bool>()) {
+            let literal = if escape_all {
+                // Every character as \uXXXX, non-BMP ones as surrogate pairs.
+                let mut literal = String::from('"');
+                for unit in text.encode_utf16() {
+                    literal.push_str(&format!("\\u{unit:04x}"));
+                }
+                literal.push('"');
+                literal
+            } else {
+                serde_json::to_string(&text).unwrap()
+            };
+            let unescaped = unescape(&literal);
+            prop_assert_eq!(unescaped.as_deref(), Some(text.as_str()));
+        }
+
+        #[test]
+        fn no_body_makes_parsing_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_job(&body, 1 << 20);
+        }
+
+        #[test]
+        fn no_json_text_makes_parsing_panic(value in any_value(), place in prop::sample::select(PLACES)) {
+            let mut job = example();
+            mutate(&mut job, place, Some(value));
+            let text = serde_json::to_string(&job).unwrap();
+            // Cut anywhere on a character boundary: unterminated strings, objects, escapes.
+            for cut in (0..text.len()).step_by(7).filter(|at| text.is_char_boundary(*at)) {
+                let _ = parse_job(&text.as_bytes()[..cut], 1 << 20);
+            }
+        }
+    }
+
+    #[test]
+    fn lone_surrogates_are_refused_by_the_unescaper() {
+        for literal in [r#""\ud800""#, r#""\udc00x""#, r#""\ud800\u0041""#, r#""\ud800\n""#] {
+            assert_eq!(unescape(literal), None, "{literal}");
+        }
+        assert_eq!(unescape(r#""\ud83d\ude00""#).as_deref(), Some("\u{1F600}"));
+    }
+}
