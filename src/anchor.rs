@@ -301,14 +301,7 @@ mod tests {
     /// lines; it also removed a line, which must never count as changed. Bodies are leaked: a
     /// test's few bytes.
     fn file(path: &str, added: &[(u32, &str)]) -> FileDiff<'static> {
-        let mut hunks = vec![Hunk {
-            old_start: 1,
-            old_lines: 1,
-            new_start: 1,
-            new_lines: 0,
-            section: "",
-            body: "-removed\n",
-        }];
+        let mut hunks = vec![Hunk::new("@@ -1,1 +1,0 @@\n-removed\n")];
         let mut at = 0;
         while at < added.len() {
             let mut end = at + 1;
@@ -316,14 +309,8 @@ mod tests {
                 end += 1;
             }
             let body: String = added[at..end].iter().map(|(_, text)| format!("+{text}\n")).collect();
-            hunks.push(Hunk {
-                old_start: 1,
-                old_lines: 0,
-                new_start: added[at].0,
-                new_lines: u32::try_from(end - at).unwrap(),
-                section: "",
-                body: Box::leak(body.into_boxed_str()),
-            });
+            let text = format!("@@ -1,0 +{},{} @@\n{body}", added[at].0, end - at);
+            hunks.push(Hunk::new(Box::leak(text.into_boxed_str())));
             at = end;
         }
         FileDiff {
@@ -581,14 +568,7 @@ mod tests {
     #[test]
     fn a_suggestion_on_context_or_removed_lines_far_from_any_addition_is_dropped() {
         let mut with_context = lines("f.rs", &[50]);
-        with_context.hunks.push(Hunk {
-            old_start: 5,
-            old_lines: 1,
-            new_start: 5,
-            new_lines: 1,
-            section: "",
-            body: " context\n",
-        });
+        with_context.hunks.push(Hunk::new("@@ -5,1 +5,1 @@\n context\n"));
         let suggestion = RawSuggestion {
             existing_code: Some("context".into()),
             ..raw("f.rs", 5, None)

@@ -452,17 +452,11 @@ mod tests {
         GlobSet::empty()
     }
 
-    /// A hunk that adds `added` from `new_start` on. Its body is leaked: a test's few bytes.
+    /// A hunk that adds `added` from `new_start` on. Its text is leaked: a test's few bytes.
     fn hunk(new_start: u32, added: &[&str]) -> Hunk<'static> {
         let body: String = added.iter().map(|text| format!("+{text}\n")).collect();
-        Hunk {
-            old_start: new_start,
-            old_lines: 0,
-            new_start,
-            new_lines: u32::try_from(added.len()).unwrap(),
-            section: "",
-            body: Box::leak(body.into_boxed_str()),
-        }
+        let text = format!("@@ -{new_start},0 +{new_start},{} @@\n{body}", added.len());
+        Hunk::new(Box::leak(text.into_boxed_str()))
     }
 
     fn file(path: &str, hunks: Vec<Hunk<'static>>) -> FileDiff<'static> {

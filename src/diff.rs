@@ -64,17 +64,14 @@ pub(crate) struct DiffLine<'a> {
     pub old_line: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One hunk: its `@@` line and the lines that belong to it, as one slice of the diff. Its numbers
+/// are read from that text when asked, so a hunk costs 16 bytes whatever its size: a 15 MiB diff
+/// of one-line hunks holds half a million of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Hunk<'a> {
-    pub old_start: u32,
-    pub old_lines: u32,
-    pub new_start: u32,
-    pub new_lines: u32,
-    /// Whatever follows the second `@@` (often the enclosing function).
-    pub section: &'a str,
-    /// The hunk's lines as the diff has them, markers, line ends and `\ No newline at end of
-    /// file` notes included: exactly the lines whose count the numbers above describe.
-    pub body: &'a str,
+    /// The `@@` line, then the hunk's lines as the diff has them (markers, line ends and
+    /// `\ No newline at end of file` notes included): exactly the lines its counts describe.
+    text: &'a str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,24 +113,70 @@ impl<'a> FileDiff<'a> {
 }
 
 impl<'a> Hunk<'a> {
-    /// The hunk's lines with their numbers, read from [`Hunk::body`].
+    /// A hunk over `text`, an `@@` line and the lines that follow it, as tests write them; the
+    /// parser knows where a hunk ends and builds them itself.
+    #[cfg(test)]
+    pub(crate) fn new(text: &'a str) -> Self {
+        Self { text }
+    }
+
+    fn header_line(&self) -> &'a str {
+        let line = self.text.split('\n').next().unwrap_or_default();
+        line.strip_suffix('\r').unwrap_or(line)
+    }
+
+    /// What the `@@` line says; hunks come from [`read_hunk`], which refused any other, so the
+    /// zeros are for hunks built by hand.
+    fn numbers(&self) -> HunkHeader<'a> {
+        HunkHeader::read(self.header_line()).unwrap_or_default()
+    }
+
+    pub(crate) fn old_start(&self) -> u32 {
+        self.numbers().old_start
+    }
+
+    pub(crate) fn new_start(&self) -> u32 {
+        self.numbers().new_start
+    }
+
+    /// Whatever follows the second `@@` (often the enclosing function).
+    #[cfg(test)]
+    pub(crate) fn section(&self) -> &'a str {
+        self.numbers().section
+    }
+
+    /// Old-file and new-file lines the hunk holds: its header's counts, or fewer when the hunk was
+    /// cut short. Counted from the lines, which is why it is not a field.
+    pub(crate) fn counts(&self) -> (u32, u32) {
+        self.lines().fold((0, 0), |(old, new), line| {
+            (
+                old + u32::from(line.old_line.is_some()),
+                new + u32::from(line.new_line.is_some()),
+            )
+        })
+    }
+
+    /// The hunk's lines with their numbers.
     pub(crate) fn lines(&self) -> HunkLines<'a> {
+        let numbers = self.numbers();
         HunkLines {
-            rest: self.body,
-            old_next: self.old_start,
-            new_next: self.new_start,
+            rest: self.text.split_once('\n').map_or("", |(_, body)| body),
+            old_next: numbers.old_start,
+            new_next: numbers.new_start,
         }
     }
 
     /// The `@@` line, rebuilt from the parsed numbers so that it always agrees with the body.
     pub(crate) fn header(&self) -> String {
+        let numbers = self.numbers();
+        let (old_lines, new_lines) = self.counts();
         let mut header = format!(
-            "@@ -{},{} +{},{} @@",
-            self.old_start, self.old_lines, self.new_start, self.new_lines
+            "@@ -{},{old_lines} +{},{new_lines} @@",
+            numbers.old_start, numbers.new_start
         );
-        if !self.section.is_empty() {
+        if !numbers.section.is_empty() {
             header.push(' ');
-            header.push_str(self.section);
+            header.push_str(numbers.section);
         }
         header
     }
@@ -334,7 +377,11 @@ pub(crate) fn rendered_size(file: &FileDiff<'_>) -> TextSize {
 /// too. The line numbers are each section's own; the union is what a reviewer of the series
 /// sees as changed.
 pub(crate) fn parse_unified(text: &str) -> Result<Vec<FileDiff<'_>>, DiffError> {
-    let mut cursor = Cursor { text, at: 0 };
+    let mut cursor = Cursor {
+        text,
+        at: 0,
+        line_start: 0,
+    };
     let mut files = Files::default();
     let mut section: Option<Section<'_>> = None;
     while let Some(line) = cursor.next_line() {
@@ -407,6 +454,7 @@ fn from_job_file(file: &JobFile) -> Result<FileDiff<'_>, DiffError> {
     let mut cursor = Cursor {
         text: &file.patch,
         at: 0,
+        line_start: 0,
     };
     let mut hunks = Vec::new();
     let mut binary = false;
@@ -430,8 +478,8 @@ fn from_job_file(file: &JobFile) -> Result<FileDiff<'_>, DiffError> {
         // A rename hint without an old path has nothing to show as "renamed from".
         (Some(FileStatusHint::Renamed | FileStatusHint::Modified), None) => FileStatus::Modified,
         (None, None) => match hunks.as_slice() {
-            [only] if only.old_start == 0 && only.old_lines == 0 => FileStatus::Added,
-            [only] if only.new_start == 0 && only.new_lines == 0 => FileStatus::Removed,
+            [only] if only.old_start() == 0 && only.counts().0 == 0 => FileStatus::Added,
+            [only] if only.new_start() == 0 && only.counts().1 == 0 => FileStatus::Removed,
             _ => FileStatus::Modified,
         },
     };
@@ -456,6 +504,8 @@ struct Cursor<'a> {
     text: &'a str,
     /// Byte offset of the next line.
     at: usize,
+    /// Byte offset of the line [`Cursor::next_line`] returned last.
+    line_start: usize,
 }
 
 #[cfg(test)]
@@ -488,6 +538,7 @@ impl<'a> Cursor<'a> {
 
     fn next_line(&mut self) -> Option<&'a str> {
         let (line, next) = self.peek()?;
+        self.line_start = self.at;
         self.at = next;
         Some(line)
     }
@@ -653,20 +704,16 @@ impl<'a> Section<'a> {
 /// `-- a/x`) or `diff --git` is read as content. A hunk cut short by a line that cannot belong
 /// to it ends there, and its counts are lowered to what it holds.
 fn read_hunk<'a>(header: &'a str, lines: &mut Cursor<'a>) -> Result<(Hunk<'a>, bool), DiffError> {
-    let bad = || DiffError::BadHunkHeader {
-        line: header.chars().take(60).collect(),
-    };
-    let rest = header.strip_prefix("@@ -").ok_or_else(bad)?;
-    let (old_range, rest) = rest.split_once(' ').ok_or_else(bad)?;
-    let rest = rest.strip_prefix('+').ok_or_else(bad)?;
-    let (new_range, rest) = rest.split_once(' ').ok_or_else(bad)?;
-    let section = rest.strip_prefix("@@").ok_or_else(bad)?.trim();
-    let (old_start, old_lines) = parse_range(old_range).ok_or_else(bad)?;
-    let (new_start, new_lines) = parse_range(new_range).ok_or_else(bad)?;
+    let numbers = HunkHeader::read(header)
+        .filter(|n| n.old_start.checked_add(n.old_lines).is_some() && n.new_start.checked_add(n.new_lines).is_some())
+        .ok_or_else(|| DiffError::BadHunkHeader {
+            line: header.chars().take(60).collect(),
+        })?;
+    // The header line, which the cursor has just passed, starts the hunk's text.
+    let start = lines.line_start;
 
-    let (mut old_left, mut new_left) = (old_lines, new_lines);
+    let (mut old_left, mut new_left) = (numbers.old_lines, numbers.new_lines);
     let mut changes = false;
-    let body_start = lines.at;
     while let Some((line, next)) = lines.peek() {
         // `\ No newline at end of file` describes the line before it; it is not a line.
         if line.starts_with('\\') {
@@ -690,25 +737,47 @@ fn read_hunk<'a>(header: &'a str, lines: &mut Cursor<'a>) -> Result<(Hunk<'a>, b
         lines.at = next;
     }
     let hunk = Hunk {
-        old_start,
-        old_lines: old_lines - old_left,
-        new_start,
-        new_lines: new_lines - new_left,
-        section,
-        body: &lines.text[body_start..lines.at],
+        text: &lines.text[start..lines.at],
     };
     let damaged = old_left > 0 || new_left > 0 || !changes;
     Ok((hunk, damaged))
 }
 
-/// `start,count` or `start` (count 1), with `start + count` within `u32`.
+/// The numbers of an `@@ -{old_start},{old_lines} +{new_start},{new_lines} @@ {section}` line.
+#[derive(Debug, Clone, Copy, Default)]
+struct HunkHeader<'a> {
+    old_start: u32,
+    old_lines: u32,
+    new_start: u32,
+    new_lines: u32,
+    section: &'a str,
+}
+
+impl<'a> HunkHeader<'a> {
+    fn read(header: &'a str) -> Option<Self> {
+        let rest = header.strip_prefix("@@ -")?;
+        let (old_range, rest) = rest.split_once(' ')?;
+        let rest = rest.strip_prefix('+')?;
+        let (new_range, rest) = rest.split_once(' ')?;
+        let section = rest.strip_prefix("@@")?.trim();
+        let (old_start, old_lines) = parse_range(old_range)?;
+        let (new_start, new_lines) = parse_range(new_range)?;
+        Some(Self {
+            old_start,
+            old_lines,
+            new_start,
+            new_lines,
+            section,
+        })
+    }
+}
+
+/// `start,count` or `start` (count 1).
 fn parse_range(range: &str) -> Option<(u32, u32)> {
-    let (start, count): (u32, u32) = match range.split_once(',') {
-        Some((start, count)) => (start.parse().ok()?, count.parse().ok()?),
-        None => (range.parse().ok()?, 1),
-    };
-    start.checked_add(count)?;
-    Some((start, count))
+    match range.split_once(',') {
+        Some((start, count)) => Some((start.parse().ok()?, count.parse().ok()?)),
+        None => Some((range.parse().ok()?, 1)),
+    }
 }
 
 /// The path on a `---` or `+++` line: quoted, or cut at the tab that precedes a timestamp (plain
@@ -877,10 +946,10 @@ index 1111111..2222222 100644
         assert!(!file.binary);
         let hunk = &file.hunks[0];
         assert_eq!(
-            (hunk.old_start, hunk.old_lines, hunk.new_start, hunk.new_lines),
+            (hunk.old_start(), hunk.counts().0, hunk.new_start(), hunk.counts().1),
             (10, 4, 10, 5)
         );
-        assert_eq!(hunk.section, "fn main() {");
+        assert_eq!(hunk.section(), "fn main() {");
         assert_eq!(
             texts(hunk),
             vec![
@@ -918,11 +987,11 @@ diff --git a/b.txt b/b.txt
         let files = parse_unified(text).unwrap();
         assert_eq!(files.len(), 2);
         assert_eq!(files[0].hunks.len(), 2);
-        assert_eq!(files[0].hunks[1].old_lines, 1);
-        assert_eq!(files[0].hunks[1].section, "section two");
+        assert_eq!(files[0].hunks[1].counts().0, 1);
+        assert_eq!(files[0].hunks[1].section(), "section two");
         assert_eq!(files[0].changed_lines().into_iter().collect::<Vec<_>>(), [1, 21]);
         assert_eq!(files[1].path, "b.txt");
-        assert_eq!(files[1].hunks[0].old_lines, 0);
+        assert_eq!(files[1].hunks[0].counts().0, 0);
         assert_eq!(files[1].changed_lines().into_iter().collect::<Vec<_>>(), [6]);
     }
 
@@ -1028,7 +1097,7 @@ diff --git a/b.txt b/b.txt
         let file =
             parse_one("diff --git a/w.txt b/w.txt\r\n--- a/w.txt\r\n+++ b/w.txt\r\n@@ -1 +1,2 @@ s\r\n a\r\n+b\r\n");
         assert_eq!(file.path, "w.txt");
-        assert_eq!(file.hunks[0].section, "s");
+        assert_eq!(file.hunks[0].section(), "s");
         let texts: Vec<&str> = file.hunks[0].lines().map(|l| l.text).collect();
         assert_eq!(texts, ["a", "b"]);
     }
@@ -1120,7 +1189,7 @@ diff --git a/b.txt b/b.txt
     fn a_hunk_cut_short_keeps_what_it_has() {
         let file = parse_one("--- a/a\n+++ b/a\n@@ -1,5 +1,5 @@\n x\n+y\nnot a diff line\n");
         assert_eq!(file.hunks[0].lines().count(), 2);
-        assert_eq!((file.hunks[0].old_lines, file.hunks[0].new_lines), (1, 2));
+        assert_eq!(file.hunks[0].counts(), (1, 2));
     }
 
     #[test]
@@ -1171,7 +1240,7 @@ diff --git a/b.txt b/b.txt
         let file = &files[0];
         assert_eq!(file.status, FileStatus::Modified);
         assert_eq!(file.hunks.len(), 2);
-        assert_eq!(file.hunks[0].section, "fn a");
+        assert_eq!(file.hunks[0].section(), "fn a");
         assert_eq!(file.changed_lines().into_iter().collect::<Vec<_>>(), [2, 11]);
     }
 
@@ -1358,6 +1427,13 @@ diff --git a/src/other.rs b/src/other.rs
     }
 
     #[test]
+    fn a_hunk_costs_sixteen_bytes_whatever_its_size() {
+        assert_eq!(std::mem::size_of::<Hunk<'_>>(), 16);
+        let file = parse_one(MODIFIED);
+        assert_eq!(file.hunks[0].header(), "@@ -10,4 +10,5 @@ fn main() {");
+    }
+
+    #[test]
     fn pricing_a_rendering_agrees_with_the_rendering() {
         let file = parse_one(MODIFIED);
         assert_eq!(rendered_size(&file), TextSize::of(&render_for_prompt(&file)));
@@ -1438,7 +1514,7 @@ diff --git a/src/other.rs b/src/other.rs
                     for hunk in &file.hunks {
                         for line in hunk.lines() {
                             if let Some(n) = line.new_line {
-                                prop_assert!(n >= hunk.new_start && n < hunk.new_start + hunk.new_lines.max(1));
+                                prop_assert!(n >= hunk.new_start() && n < hunk.new_start() + hunk.counts().1.max(1));
                             }
                         }
                     }
