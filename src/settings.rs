@@ -277,6 +277,23 @@ impl BrokerSettings {
     }
 }
 
+/// The AMQP frame size the worker asks the broker for, unless a URI sets its own `frame_max`.
+/// lapin keeps a receive and a send buffer of 32 frames per connection and zero-fills them once
+/// the size is negotiated: at RabbitMQ's default of 128 KiB that is 8 MiB of an idle worker's
+/// 20. Jobs and results are a few KiB; a 16 MiB job simply comes in more frames.
+const FRAME_MAX: u32 = 16_384;
+
+/// `uri` asking for [`FRAME_MAX`] when it does not choose a frame size itself.
+fn with_frame_max(uri: &str) -> String {
+    match Url::parse(uri) {
+        Ok(url) if !url.query_pairs().any(|(key, _)| key == "frame_max") => {
+            let separator = if url.query().is_some() { '&' } else { '?' };
+            format!("{uri}{separator}frame_max={FRAME_MAX}")
+        }
+        Ok(_) | Err(_) => uri.to_owned(),
+    }
+}
+
 /// `API_RABBITMQ_URI`: one AMQP URI or a comma-separated list of them, like other AMQP clients'
 /// address lists.
 fn parse_uri_list(p: &mut Vec<Problem>, list: &str) -> Vec<SecretString> {
@@ -295,20 +312,38 @@ fn parse_uri_list(p: &mut Vec<Problem>, list: &str) -> Vec<SecretString> {
                 format!("`{}` is not an amqp:// or amqps:// URI", redact_uri(text)),
             );
         } else {
-            uris.push(SecretString::from(text.to_owned()));
+            uris.push(SecretString::from(with_frame_max(text)));
         }
     }
     uris
 }
 
-/// Masks the password in `amqp://user:pass@host/vhost`.
+/// Masks the password in `amqp://user:pass@host/vhost`, and leaves out the `frame_max` the worker
+/// added, so that a URI shows as the operator wrote it.
 pub fn redact_uri(uri: &str) -> String {
     match Url::parse(uri) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("***"));
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            let added = FRAME_MAX.to_string();
+            if url
+                .query_pairs()
+                .any(|(key, value)| key == "frame_max" && value == added)
+            {
+                let kept: Vec<(String, String)> = url
+                    .query_pairs()
+                    .filter(|(key, value)| !(key == "frame_max" && *value == added))
+                    .map(|(key, value)| (key.into_owned(), value.into_owned()))
+                    .collect();
+                if kept.is_empty() {
+                    url.set_query(None);
+                } else {
+                    url.query_pairs_mut().clear().extend_pairs(kept);
+                }
+            }
             url.to_string()
         }
-        Ok(url) => url.to_string(),
         Err(_) => "<unparseable URI>".to_owned(),
     }
 }
@@ -521,7 +556,7 @@ impl Settings {
         let broker = BrokerSettings {
             uris: match raw.api_rabbitmq_uri {
                 Some(list) if !list.expose_secret().trim().is_empty() => parse_uri_list(p, list.expose_secret()),
-                _ => vec![SecretString::from(DEFAULT_RABBITMQ_URI)],
+                _ => vec![SecretString::from(with_frame_max(DEFAULT_RABBITMQ_URI))],
             },
             topology,
         };
@@ -981,6 +1016,30 @@ mod tests {
         std::fs::write(&file, "api_open_ai_api_key = { nested = \"sk-secret-123\" }\n").unwrap();
         let text = Settings::load(Some(&file)).unwrap_err().to_string();
         assert!(!text.contains("sk-secret"), "{text}");
+    }
+
+    #[test]
+    fn broker_uris_ask_for_small_frames_unless_they_choose_and_show_as_written() {
+        let settings = with(&[(
+            "API_RABBITMQ_URI",
+            "amqp://u:p@a:5672/%2f,amqp://u:p@b:5672/%2f?heartbeat=10,amqp://u:p@c:5672/%2f?frame_max=131072",
+        )])
+        .unwrap();
+        let uris: Vec<&str> = settings.broker.uris.iter().map(|u| u.expose_secret()).collect();
+        assert_eq!(
+            uris,
+            [
+                "amqp://u:p@a:5672/%2f?frame_max=16384",
+                "amqp://u:p@b:5672/%2f?heartbeat=10&frame_max=16384",
+                "amqp://u:p@c:5672/%2f?frame_max=131072",
+            ]
+        );
+        assert_eq!(
+            settings.broker.display_uri(),
+            "amqp://u:***@a:5672/%2f,amqp://u:***@b:5672/%2f?heartbeat=10,amqp://u:***@c:5672/%2f?frame_max=131072"
+        );
+        let default = Settings::from_vars([]).unwrap();
+        assert_eq!(default.broker.display_uri(), "amqp://guest:***@127.0.0.1:5672/%2f");
     }
 
     #[test]
