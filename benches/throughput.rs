@@ -3,7 +3,8 @@
 //! of the broker alone (consume, publish a confirmed result, ack) for comparison.
 //!
 //! `cargo bench --bench throughput` (needs a RabbitMQ at API_RABBITMQ_URI; `scripts/bench.sh`
-//! starts one). Options: `--jobs N` (2000), `--concurrency N` (64), `--runs N` (3).
+//! starts one). Options: `--jobs N` (2000), `--concurrency N` (64), `--runs N` (3), `--bin PATH`
+//! to measure another build of the worker.
 
 #![allow(clippy::print_stdout, reason = "a benchmark prints its figures")]
 
@@ -22,6 +23,7 @@ struct Options {
     jobs: usize,
     concurrency: usize,
     runs: usize,
+    bin: std::path::PathBuf,
 }
 
 fn options() -> Options {
@@ -37,6 +39,11 @@ fn options() -> Options {
         jobs: get("--jobs", 2000),
         concurrency: get("--concurrency", 64),
         runs: get("--runs", 3),
+        bin: args
+            .iter()
+            .position(|a| a == "--bin")
+            .and_then(|i| args.get(i + 1))
+            .map_or_else(|| env!("CARGO_BIN_EXE_review-worker").into(), Into::into),
     }
 }
 
@@ -44,7 +51,7 @@ fn options() -> Options {
 async fn worker_run(sim: &SimHandle, opts: &Options) -> (f64, f64) {
     let (namespace, broker) = common::world("worker").await;
     common::preload(&broker, opts.jobs).await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_review-worker"))
+    let mut child = tokio::process::Command::new(&opts.bin)
         .arg("run")
         .env("API_RABBITMQ_URI", common::amqp_uri())
         .env("API_RABBITMQ_NAMESPACE", &namespace)

@@ -7,7 +7,7 @@
 //! the model wrote it. `min_severity` and `max_suggestions` are applied here too, after anchoring,
 //! so that the limit counts only suggestions that can be shown.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 
 use crate::answer::RawSuggestion;
@@ -32,12 +32,13 @@ pub(crate) struct Anchored {
 const NEAR_LINES: i64 = 3;
 
 /// Anchors `raw` to the changed lines of `files` and applies `options`' severity floor and limit.
-pub(crate) fn anchor(raw: Vec<RawSuggestion>, files: &[FileDiff], options: &ReviewOptions) -> Anchored {
+pub(crate) fn anchor(raw: Vec<RawSuggestion>, files: &[FileDiff<'_>], options: &ReviewOptions) -> Anchored {
     let total = raw.len();
     let added: Vec<AddedLines<'_>> = files.iter().map(AddedLines::of).collect();
+    let index = FileIndex::of(files);
     let mut kept: Vec<Placed> = raw
         .into_iter()
-        .filter_map(|suggestion| place(suggestion, files, &added))
+        .filter_map(|suggestion| place(suggestion, files, &index, &added))
         .collect();
     if let Some(min) = options.min_severity {
         kept.retain(|placed| placed.suggestion.severity >= min);
@@ -74,13 +75,13 @@ struct AddedLines<'a> {
 }
 
 impl<'a> AddedLines<'a> {
-    fn of(file: &'a FileDiff) -> Self {
+    /// Sections of one path merged from a patch series may add the same line number twice; the
+    /// later text wins, as the later commit's does.
+    fn of(file: &FileDiff<'a>) -> Self {
         let text = file
-            .hunks
-            .iter()
-            .flat_map(|hunk| &hunk.lines)
+            .lines()
             .filter(|line| line.kind == LineKind::Added)
-            .filter_map(|line| Some((line.new_line?, line.text.as_str())))
+            .filter_map(|line| Some((line.new_line?, line.text)))
             .collect();
         Self {
             changed: file.changed_lines(),
@@ -89,16 +90,16 @@ impl<'a> AddedLines<'a> {
     }
 }
 
-fn place(raw: RawSuggestion, files: &[FileDiff], added: &[AddedLines<'_>]) -> Option<Placed> {
+fn place(raw: RawSuggestion, files: &[FileDiff<'_>], by: &FileIndex<'_>, added: &[AddedLines<'_>]) -> Option<Placed> {
     let body = raw.body.trim();
     if body.is_empty() {
         return None;
     }
-    let index = match_file(&raw.file, files)?;
+    let index = match_file(&raw.file, by)?;
     let (line_start, line_end, moved) = place_lines(&raw, &added[index])?;
     Some(Placed {
         suggestion: Suggestion {
-            file: files[index].path.clone(),
+            file: files[index].path.clone().into_owned(),
             line_start,
             line_end,
             severity: raw.severity.unwrap_or(Severity::Medium),
@@ -116,9 +117,44 @@ fn trimmed(text: Option<String>) -> Option<String> {
     text.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty())
 }
 
+/// The files' paths, looked up once per review rather than scanned once per suggestion: a PR of
+/// thousands of files and an answer of hundreds of suggestions would otherwise cost their
+/// product.
+struct FileIndex<'f> {
+    /// The first file of each path (and of each old path of a rename).
+    by_path: HashMap<&'f str, usize>,
+    by_old_path: HashMap<&'f str, usize>,
+    /// Files by their last path component, in order: only those can end like a wanted path.
+    by_name: HashMap<&'f str, Vec<usize>>,
+    components: Vec<Vec<&'f str>>,
+}
+
+impl<'f> FileIndex<'f> {
+    fn of(files: &'f [FileDiff<'_>]) -> Self {
+        let mut index = Self {
+            by_path: HashMap::new(),
+            by_old_path: HashMap::new(),
+            by_name: HashMap::new(),
+            components: Vec::with_capacity(files.len()),
+        };
+        for (at, file) in files.iter().enumerate() {
+            index.by_path.entry(file.path.as_ref()).or_insert(at);
+            if let Some(old) = file.old_path.as_deref() {
+                index.by_old_path.entry(old).or_insert(at);
+            }
+            let components = path_components(&file.path);
+            if let Some(name) = components.last() {
+                index.by_name.entry(name).or_default().push(at);
+            }
+            index.components.push(components);
+        }
+        index
+    }
+}
+
 /// The index in `files` of the file the model meant by `path`.
-fn match_file(path: &str, files: &[FileDiff]) -> Option<usize> {
-    if let Some(index) = files.iter().position(|f| f.path == path) {
+fn match_file(path: &str, files: &FileIndex<'_>) -> Option<usize> {
+    if let Some(&index) = files.by_path.get(path) {
         return Some(index);
     }
     let components = path_components(path);
@@ -131,11 +167,11 @@ fn match_file(path: &str, files: &[FileDiff]) -> Option<usize> {
     };
     let spellings = std::iter::once(plain.as_str()).chain(unprefixed.as_deref());
     for spelling in spellings {
-        if let Some(index) = files.iter().position(|f| f.path == spelling) {
+        if let Some(&index) = files.by_path.get(spelling) {
             return Some(index);
         }
         // Lines in a renamed file are in its new numbering whichever name the model used.
-        if let Some(index) = files.iter().position(|f| f.old_path.as_deref() == Some(spelling)) {
+        if let Some(&index) = files.by_old_path.get(spelling) {
             return Some(index);
         }
     }
@@ -152,15 +188,13 @@ fn path_components(path: &str) -> Vec<&str> {
 
 /// The file whose path ends with the model's (a shortened path) or whose path the model's ends
 /// with (a path from some other root), if exactly one matches on the most components.
-fn unique_suffix_match(wanted: &[&str], files: &[FileDiff]) -> Option<usize> {
-    if wanted.is_empty() {
-        return None;
-    }
+fn unique_suffix_match(wanted: &[&str], files: &FileIndex<'_>) -> Option<usize> {
+    let candidates = files.by_name.get(wanted.last()?)?;
     let mut best: Option<(usize, usize)> = None;
     let mut tied = false;
-    for (index, file) in files.iter().enumerate() {
-        let have = path_components(&file.path);
-        if have.is_empty() || !(have.ends_with(wanted) || wanted.ends_with(&have)) {
+    for &index in candidates {
+        let have = &files.components[index];
+        if !(have.ends_with(wanted) || wanted.ends_with(have)) {
             continue;
         }
         let score = have.len().min(wanted.len());
@@ -260,40 +294,36 @@ fn nearest_changed(changed: &BTreeSet<u32>, start: i64, end: i64, low: u32, high
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::{DiffLine, FileStatus, Hunk};
+    use crate::diff::{FileStatus, Hunk};
+    use proptest::prelude::*;
 
-    /// A modified file whose diff added `added` (line, text); it also removed a line, which
-    /// must never count as changed.
-    fn file(path: &str, added: &[(u32, &str)]) -> FileDiff {
-        let mut lines = vec![DiffLine {
-            kind: LineKind::Removed,
-            text: "removed".into(),
-            new_line: None,
-            old_line: Some(1),
-        }];
-        lines.extend(added.iter().map(|&(line, text)| DiffLine {
-            kind: LineKind::Added,
-            text: text.into(),
-            new_line: Some(line),
-            old_line: None,
-        }));
+    /// A modified file whose diff added `added` (line, text), one hunk per run of consecutive
+    /// lines; it also removed a line, which must never count as changed. Bodies are leaked: a
+    /// test's few bytes.
+    fn file(path: &str, added: &[(u32, &str)]) -> FileDiff<'static> {
+        let mut hunks = vec![Hunk::new("@@ -1,1 +1,0 @@\n-removed\n")];
+        let mut at = 0;
+        while at < added.len() {
+            let mut end = at + 1;
+            while end < added.len() && added[end - 1].0.checked_add(1) == Some(added[end].0) {
+                end += 1;
+            }
+            let body: String = added[at..end].iter().map(|(_, text)| format!("+{text}\n")).collect();
+            let text = format!("@@ -1,0 +{},{} @@\n{body}", added[at].0, end - at);
+            hunks.push(Hunk::new(Box::leak(text.into_boxed_str())));
+            at = end;
+        }
         FileDiff {
-            path: path.into(),
+            path: path.to_owned().into(),
             old_path: None,
             status: FileStatus::Modified,
             binary: false,
-            hunks: vec![Hunk {
-                old_start: 1,
-                old_lines: 1,
-                new_start: added.first().map_or(1, |a| a.0),
-                new_lines: u32::try_from(added.len()).unwrap(),
-                section: String::new(),
-                lines,
-            }],
+            damaged: false,
+            hunks,
         }
     }
 
-    fn lines(path: &str, numbers: &[u32]) -> FileDiff {
+    fn lines(path: &str, numbers: &[u32]) -> FileDiff<'static> {
         let added: Vec<(u32, &str)> = numbers.iter().map(|&n| (n, "x")).collect();
         file(path, &added)
     }
@@ -333,7 +363,7 @@ mod tests {
             .collect()
     }
 
-    fn anchor_one(suggestion: RawSuggestion, files: &[FileDiff]) -> Option<(String, u32, u32)> {
+    fn anchor_one(suggestion: RawSuggestion, files: &[FileDiff<'_>]) -> Option<(String, u32, u32)> {
         let anchored = anchor(vec![suggestion], files, &no_limits());
         anchored
             .suggestions
@@ -538,12 +568,7 @@ mod tests {
     #[test]
     fn a_suggestion_on_context_or_removed_lines_far_from_any_addition_is_dropped() {
         let mut with_context = lines("f.rs", &[50]);
-        with_context.hunks[0].lines.push(DiffLine {
-            kind: LineKind::Context,
-            text: "context".into(),
-            new_line: Some(5),
-            old_line: Some(5),
-        });
+        with_context.hunks.push(Hunk::new("@@ -5,1 +5,1 @@\n context\n"));
         let suggestion = RawSuggestion {
             existing_code: Some("context".into()),
             ..raw("f.rs", 5, None)
@@ -562,6 +587,7 @@ mod tests {
             old_path: None,
             status: FileStatus::Added,
             binary: true,
+            damaged: false,
             hunks: Vec::new(),
         };
         let anchored = anchor(
@@ -734,5 +760,130 @@ mod tests {
             ("Body.", Some("Title"), None)
         );
         assert_eq!(anchored.dropped, 1);
+    }
+
+    #[test]
+    fn a_suggestion_on_a_later_section_of_a_path_anchors() {
+        // `git log -p`: the same file twice, the second commit's lines far from the first's.
+        let text = "--- a/src/a.rs\n+++ b/src/a.rs\n@@ -1 +1,2 @@\n a\n+b\n\
+                    --- a/src/a.rs\n+++ b/src/a.rs\n@@ -40 +40,2 @@\n x\n+y.unwrap()\n";
+        let files = crate::diff::parse_unified(text).unwrap();
+        assert_eq!(
+            anchor_one(raw("src/a.rs", 41, None), &files),
+            Some(("src/a.rs".into(), 41, 41))
+        );
+        assert_eq!(
+            anchor_one(raw("src/a.rs", 2, None), &files),
+            Some(("src/a.rs".into(), 2, 2))
+        );
+    }
+
+    /// A diff of `files` files, each adding `added` lines in one hunk at line 10.
+    fn diff_text(files: usize, added: usize) -> String {
+        (0..files)
+            .map(|i| {
+                let lines: String = (0..added).map(|n| format!("+line {n} of {i}\n")).collect();
+                format!("--- a/src/f{i}.rs\n+++ b/src/f{i}.rs\n@@ -10,0 +10,{added} @@\n{lines}")
+            })
+            .collect()
+    }
+
+    /// Lines read while anchoring `n` suggestions (one per file, half by a shortened path) on a
+    /// diff of `n` files.
+    fn anchoring_work(n: usize) -> u64 {
+        let text = diff_text(n, 5);
+        let files = crate::diff::parse_unified(&text).unwrap();
+        let raws: Vec<RawSuggestion> = (0..n)
+            .map(|i| {
+                let path = if i % 2 == 0 {
+                    format!("src/f{i}.rs")
+                } else {
+                    format!("/checkout/src/f{i}.rs")
+                };
+                raw(&path, 11, Some(12))
+            })
+            .collect();
+        crate::diff::LINES_READ.with(|count| count.set(0));
+        let anchored = anchor(raws, &files, &no_limits());
+        assert_eq!(anchored.suggestions.len(), n);
+        crate::diff::LINES_READ.with(std::cell::Cell::get)
+    }
+
+    #[test]
+    fn anchoring_is_linear_in_files_and_suggestions() {
+        let (small, large) = (anchoring_work(300), anchoring_work(2400));
+        assert!(large <= 8 * small + 64, "{small} lines read for n, {large} for 8n");
+    }
+
+    fn any_path() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("src/a.rs".to_owned()),
+            Just("b/src/a.rs".to_owned()),
+            Just("a.rs".to_owned()),
+            Just("lib/a.rs".to_owned()),
+            Just("/abs/lib/a.rs".to_owned()),
+            Just("src\\b.rs".to_owned()),
+            Just(String::new()),
+            "[a-z/.]{0,12}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(64),
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn every_kept_suggestion_covers_only_lines_its_file_added(
+            hunks in prop::collection::vec(
+                (prop::sample::select(vec!["src/a.rs", "lib/a.rs", "src/b.rs", "a.rs"]), 1u32..60, prop::collection::vec(0u8..3, 1..12)),
+                0..8,
+            ),
+            raws in prop::collection::vec(
+                (any_path(), prop_oneof![any::<i64>(), -5i64..80], prop::option::of(prop_oneof![any::<i64>(), -5i64..80]),
+                 prop::option::of(prop_oneof![Just("x"), Just("}"), Just(" l3 "), Just("l4\nl5\n"), Just("")]),
+                 prop_oneof![Just("body"), Just("  "), Just("other")]),
+                0..20,
+            ),
+            max in prop::option::of(0usize..5),
+        ) {
+            let text: String = hunks
+                .iter()
+                .map(|(path, start, kinds)| {
+                    let body: String = kinds
+                        .iter()
+                        .enumerate()
+                        .map(|(n, kind)| format!("{}l{n}\n", [" ", "+", "-"][usize::from(*kind)]))
+                        .collect();
+                    let old = kinds.iter().filter(|k| **k != 1).count();
+                    let new = kinds.iter().filter(|k| **k != 2).count();
+                    format!("--- a/{path}\n+++ b/{path}\n@@ -{start},{old} +{start},{new} @@\n{body}")
+                })
+                .collect();
+            let files = crate::diff::parse_unified(&text).unwrap();
+            let suggestions: Vec<RawSuggestion> = raws
+                .into_iter()
+                .map(|(file, start, end, quoted, body)| RawSuggestion {
+                    existing_code: quoted.map(str::to_owned),
+                    body: body.to_owned(),
+                    ..raw(&file, start, end)
+                })
+                .collect();
+            let total = suggestions.len();
+            let options = ReviewOptions { max_suggestions: max, ..ReviewOptions::default() };
+            let anchored = anchor(suggestions, &files, &options);
+            prop_assert_eq!(anchored.dropped, total - anchored.suggestions.len());
+            prop_assert!(max.is_none_or(|max| anchored.suggestions.len() <= max));
+            for suggestion in &anchored.suggestions {
+                let file = files.iter().find(|f| f.path == suggestion.file.as_str());
+                prop_assert!(file.is_some(), "{} is not in the diff", suggestion.file);
+                let changed = file.map(FileDiff::changed_lines).unwrap_or_default();
+                prop_assert!(suggestion.line_start <= suggestion.line_end);
+                for line in suggestion.line_start..=suggestion.line_end {
+                    prop_assert!(changed.contains(&line), "{}:{} was not added", suggestion.file, line);
+                }
+            }
+        }
     }
 }

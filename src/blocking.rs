@@ -40,6 +40,20 @@ pub(crate) async fn heavy<T: Send + 'static>(
     .await
 }
 
+/// Runs `work` (cost growing with `size`) on this thread, for work that borrows and so cannot
+/// move to the blocking pool: when it is large, tokio first hands this thread's other tasks to
+/// the other worker threads (`block_in_place`), so they do not wait for it. On a
+/// current-thread runtime (tests) it simply runs.
+pub(crate) fn heavy_in_place<T>(size: usize, work: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if size >= INLINE_BYTES && multi_thread {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use crate::contract::{Job, ReviewOptions};
+use crate::contract::{Job, PullRequest, Repository, ReviewOptions, ReviewResult};
 use crate::settings::Settings;
 
 #[derive(Debug, Parser)]
@@ -38,7 +38,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the worker: consume review jobs from RabbitMQ and publish results until SIGTERM/SIGINT.
     Run,
-    /// Review a local diff once against the configured provider (no broker) and print the result JSON.
+    /// Review a local diff once against the configured provider (no broker) and print the result
+    /// JSON; exits 1 when the review failed.
     Review(ReviewArgs),
     /// Publish job files to RabbitMQ like the API does; with --wait, print each result.
     Submit(SubmitArgs),
@@ -81,26 +82,30 @@ pub struct SubmitArgs {
 }
 
 /// `review-worker review`: one job built from a local diff, reviewed without the broker.
-pub async fn review_once(settings: &Settings, args: &ReviewArgs) -> anyhow::Result<crate::contract::ReviewResult> {
-    let diff = if args.diff == "-" {
-        let mut text = String::new();
+///
+/// The diff is read as bytes: a repository with a few Latin-1 files still produces a diff worth
+/// reviewing, so invalid UTF-8 is replaced with U+FFFD and the summary says where.
+pub async fn review_once(settings: &Settings, args: &ReviewArgs) -> anyhow::Result<ReviewResult> {
+    let bytes = if args.diff == "-" {
+        let mut bytes = Vec::new();
         std::io::stdin()
-            .read_to_string(&mut text)
+            .read_to_end(&mut bytes)
             .context("read the diff from stdin")?;
-        text
+        bytes
     } else {
-        std::fs::read_to_string(&args.diff).with_context(|| format!("read {}", args.diff))?
+        std::fs::read(&args.diff).with_context(|| format!("read {}", args.diff))?
     };
+    let invalid = bytes.utf8_chunks().filter(|chunk| !chunk.invalid().is_empty()).count();
+    let diff = String::from_utf8_lossy(&bytes);
     let job = Job {
-        schema: crate::contract::JOB_SCHEMA_ID.to_owned(),
         job_id: format!("local-{}", std::process::id()),
-        repository: crate::contract::Repository {
+        repository: Repository {
             full_name: args.repository.clone(),
             platform: None,
             default_branch: None,
             language: None,
         },
-        pull_request: crate::contract::PullRequest {
+        pull_request: PullRequest {
             number: args.pr,
             title: args.title.clone(),
             body: None,
@@ -109,7 +114,7 @@ pub async fn review_once(settings: &Settings, args: &ReviewArgs) -> anyhow::Resu
             head_sha: None,
             url: None,
         },
-        diff,
+        diff: diff.into_owned(),
         files: Vec::new(),
         options: ReviewOptions {
             instructions: args.instructions.clone(),
@@ -120,7 +125,17 @@ pub async fn review_once(settings: &Settings, args: &ReviewArgs) -> anyhow::Resu
     let executor = crate::app::build_executor(settings)?;
     let started = chrono::Utc::now();
     let unfinished = match executor.review(&job).await {
-        Ok(completed) => return Ok(crate::worker::completed_result(&job, &completed, 1, started)),
+        Ok(completed) => {
+            let mut result = crate::worker::completed_result(&job, &completed, 1, started);
+            if invalid > 0 {
+                let note = lossy_note(&job.diff, invalid);
+                result.summary = Some(match result.summary.take().filter(|s| !s.trim().is_empty()) {
+                    Some(summary) => format!("{summary}\n\n{note}"),
+                    None => note,
+                });
+            }
+            return Ok(result);
+        }
         Err(unfinished) => unfinished,
     };
     // The same decision table as the worker's, for a job seen for the first time.
@@ -136,18 +151,33 @@ pub async fn review_once(settings: &Settings, args: &ReviewArgs) -> anyhow::Resu
             attempts,
             result: Some(kind),
             ..
-        } => Ok(crate::contract::ReviewResult::failed(
-            &job.job_id,
-            kind,
-            message,
-            attempts,
-        )),
+        } => Ok(ReviewResult::failed(&job.job_id, kind, message, attempts)),
         _ => anyhow::bail!("the provider cannot review now: {unfinished}"),
     }
 }
 
+/// Says that `invalid` byte sequences were replaced and in which files (up to ten) U+FFFD now
+/// stands.
+fn lossy_note(diff: &str, invalid: usize) -> String {
+    let files: Vec<String> = crate::diff::parse_unified(diff)
+        .unwrap_or_default()
+        .iter()
+        .filter(|file| file.path.contains('\u{FFFD}') || file.lines().any(|line| line.text.contains('\u{FFFD}')))
+        .map(|file| file.path.to_string())
+        .collect();
+    let place = match files.len() {
+        0 => String::new(),
+        1..=10 => format!(" in {}", files.join(", ")),
+        more => format!(" in {} and {} more file(s)", files[..10].join(", "), more - 10),
+    };
+    format!(
+        "Note: the diff is not valid UTF-8: {invalid} byte sequence(s) were read as U+FFFD{place}; \
+         those lines were reviewed as decoded."
+    )
+}
+
 /// `review-worker submit`.
-pub async fn submit(settings: &Settings, args: &SubmitArgs) -> anyhow::Result<Vec<crate::contract::ReviewResult>> {
+pub async fn submit(settings: &Settings, args: &SubmitArgs) -> anyhow::Result<Vec<ReviewResult>> {
     let wait = args.wait.then(|| Duration::from_secs(args.timeout));
     crate::submit::submit(&settings.broker, &args.jobs, wait).await
 }

@@ -6,7 +6,7 @@ use std::cmp::Reverse;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
-use crate::diff::{FileDiff, FileStatus, render_for_prompt};
+use crate::diff::{FileDiff, FileStatus, TextSize, header_size, hunk_size, rendered_size};
 
 /// The context window of `model`, in tokens (prompt and answer together).
 ///
@@ -62,9 +62,12 @@ pub(crate) fn context_window(model: &str) -> u32 {
 /// one token per CJK character or so. Guessing high only leaves a little of the window unused;
 /// guessing low sends a request the provider rejects as too long, which fails the job.
 pub(crate) fn estimate_tokens(text: &str) -> usize {
-    let ascii = text.bytes().filter(u8::is_ascii).count();
-    let other = text.chars().count() - ascii;
-    ascii.div_ceil(3) + other
+    tokens(TextSize::of(text))
+}
+
+/// [`estimate_tokens`] of a text known only by its size.
+pub(crate) fn tokens(size: TextSize) -> usize {
+    size.ascii.div_ceil(3) + size.other
 }
 
 /// Why a file stays out of the prompt.
@@ -149,8 +152,8 @@ const GENERATED_SUFFIXES: &[&str] = &[
 ///
 /// Besides names and paths, a file whose first lines say it is generated (Go's
 /// `Code generated … DO NOT EDIT`, `@generated`) counts as generated.
-pub(crate) fn skip_reason(file: &FileDiff, ignore: &GlobSet) -> Option<SkipReason> {
-    let path = file.path.as_str();
+pub(crate) fn skip_reason(file: &FileDiff<'_>, ignore: &GlobSet) -> Option<SkipReason> {
+    let path = file.path.as_ref();
     let name = file_name(path);
     let lower_name = name.to_ascii_lowercase();
     let extension = extension(&lower_name);
@@ -178,18 +181,15 @@ pub(crate) fn skip_reason(file: &FileDiff, ignore: &GlobSet) -> Option<SkipReaso
 }
 
 /// Whether the file's first lines carry a "generated, do not edit" banner.
-fn says_generated(file: &FileDiff) -> bool {
-    file.hunks
-        .iter()
-        .flat_map(|h| &h.lines)
-        .filter(|l| l.new_line.is_some_and(|n| n <= 5))
-        .any(|l| {
-            let text = l.text.to_ascii_lowercase();
-            text.contains("@generated") || (text.contains("generated") && text.contains("do not edit"))
-        })
+fn says_generated(file: &FileDiff<'_>) -> bool {
+    file.lines().filter(|l| l.new_line.is_some_and(|n| n <= 5)).any(|l| {
+        let text = l.text.to_ascii_lowercase();
+        text.contains("@generated") || (text.contains("generated") && text.contains("do not edit"))
+    })
 }
 
-/// Why the job's `ignore_paths` cannot be used; the job is then `invalid_job`.
+/// Why the job's `ignore_paths` cannot be used; the job is then `invalid_job`. A pattern is
+/// quoted cut to a few dozen characters: the message goes into logs and a broker header.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum ContextError {
     #[error("ignore_paths: {pattern:?} is not a valid glob: {reason}")]
@@ -207,9 +207,10 @@ pub(crate) enum ContextError {
 /// - `*` and `?` stay within one path segment, `**` crosses segments, `{a,b}` and `[ab]` work.
 ///
 /// Empty patterns are ignored. Matching is case-sensitive, like git's.
-pub(crate) fn build_ignore_set(patterns: &[String]) -> Result<GlobSet, ContextError> {
+pub(crate) fn build_ignore_set(patterns: &[impl AsRef<str>]) -> Result<GlobSet, ContextError> {
     let mut builder = GlobSetBuilder::new();
     for pattern in patterns {
+        let pattern = pattern.as_ref();
         let trimmed = pattern.trim();
         let rooted = trimmed.trim_start_matches("./").trim_start_matches('/');
         let rooted = rooted.trim_end_matches('/');
@@ -226,7 +227,7 @@ pub(crate) fn build_ignore_set(patterns: &[String]) -> Result<GlobSet, ContextEr
                 .literal_separator(true)
                 .build()
                 .map_err(|error| ContextError::BadGlob {
-                    pattern: pattern.clone(),
+                    pattern: pattern.chars().take(60).collect(),
                     reason: error.kind().to_string(),
                 })?;
             builder.add(glob);
@@ -239,15 +240,16 @@ pub(crate) fn build_ignore_set(patterns: &[String]) -> Result<GlobSet, ContextEr
 
 /// What goes into the prompt.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Fitted {
+pub(crate) struct Fitted<'a> {
     /// In rank order, some possibly cut to their leading hunks.
-    pub files: Vec<FileDiff>,
+    pub files: Vec<FileDiff<'a>>,
     /// Paths left out entirely: first the files [`skip_reason`] rejects (input order), then those
     /// that did not fit at all (rank order). Files cut short are not listed.
     pub skipped_files: Vec<String>,
     /// Whether the budget cost any reviewable code: a file cut short or left out for size.
     pub truncated: bool,
-    /// The sum of `estimate_tokens(render_for_prompt(file))` over `files`.
+    /// The sum of `estimate_tokens(render_for_prompt(file))` over `files`, computed without
+    /// rendering anything.
     pub estimated_tokens: usize,
 }
 
@@ -259,12 +261,12 @@ pub(crate) struct Fitted {
 /// a class more added lines first; ties by path) and taken in that order while their rendering
 /// fits. A file that does not fit whole keeps its leading hunks that do (hunks are never split);
 /// a file of which no hunk fits is left out. Later, smaller files still get their chance.
-pub(crate) fn fit(files: Vec<FileDiff>, ignore: &GlobSet, budget_tokens: usize) -> Fitted {
+pub(crate) fn fit<'a>(files: Vec<FileDiff<'a>>, ignore: &GlobSet, budget_tokens: usize) -> Fitted<'a> {
     let mut fitted = Fitted::default();
     let mut candidates = Vec::with_capacity(files.len());
     for file in files {
         if skip_reason(&file, ignore).is_some() {
-            fitted.skipped_files.push(file.path);
+            fitted.skipped_files.push(file.path.into_owned());
         } else {
             candidates.push(file);
         }
@@ -279,47 +281,39 @@ pub(crate) fn fit(files: Vec<FileDiff>, ignore: &GlobSet, budget_tokens: usize) 
 
     for mut file in candidates {
         let left = budget_tokens.saturating_sub(fitted.estimated_tokens);
-        let whole = estimate_tokens(&render_for_prompt(&file));
+        let whole = tokens(rendered_size(&file));
         if whole <= left {
             fitted.estimated_tokens += whole;
             fitted.files.push(file);
             continue;
         }
         fitted.truncated = true;
-        let kept = leading_hunks_that_fit(&file, left);
+        let (kept, cost) = leading_hunks_that_fit(&file, left);
         if kept == 0 {
-            fitted.skipped_files.push(file.path);
+            fitted.skipped_files.push(file.path.into_owned());
             continue;
         }
         file.hunks.truncate(kept);
-        fitted.estimated_tokens += estimate_tokens(&render_for_prompt(&file));
+        fitted.estimated_tokens += cost;
         fitted.files.push(file);
     }
     fitted
 }
 
-/// How many of the file's first hunks fit in `budget` tokens together with its header line.
-///
-/// Summing per-part estimates never undercounts the whole (each part is rounded up), so what
-/// fits here also fits when rendered as one text.
-fn leading_hunks_that_fit(file: &FileDiff, budget: usize) -> usize {
-    let header_only = FileDiff {
-        path: file.path.clone(),
-        old_path: file.old_path.clone(),
-        status: file.status,
-        binary: file.binary,
-        hunks: Vec::new(),
-    };
-    let mut used = estimate_tokens(&render_for_prompt(&header_only));
+/// How many of the file's first hunks fit in `budget` tokens together with its header line, and
+/// what the file cut to them costs.
+fn leading_hunks_that_fit(file: &FileDiff<'_>, budget: usize) -> (usize, usize) {
+    let mut size = header_size(file);
     let mut kept = 0;
     for hunk in &file.hunks {
-        used += estimate_tokens(&hunk.render());
-        if used > budget {
+        let next = size.add(hunk_size(hunk));
+        if tokens(next) > budget {
             break;
         }
+        size = next;
         kept += 1;
     }
-    kept
+    (kept, tokens(size))
 }
 
 /// How reviewable a file is by its kind, most reviewable first.
@@ -452,38 +446,26 @@ fn extension(lower_name: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::{DiffLine, Hunk, LineKind};
+    use crate::diff::{Hunk, render_for_prompt};
 
     fn no_ignores() -> GlobSet {
         GlobSet::empty()
     }
 
-    fn hunk(new_start: u32, added: &[&str]) -> Hunk {
-        Hunk {
-            old_start: new_start,
-            old_lines: 0,
-            new_start,
-            new_lines: u32::try_from(added.len()).unwrap(),
-            section: String::new(),
-            lines: added
-                .iter()
-                .zip(new_start..)
-                .map(|(text, n)| DiffLine {
-                    kind: LineKind::Added,
-                    text: (*text).to_owned(),
-                    new_line: Some(n),
-                    old_line: None,
-                })
-                .collect(),
-        }
+    /// A hunk that adds `added` from `new_start` on. Its text is leaked: a test's few bytes.
+    fn hunk(new_start: u32, added: &[&str]) -> Hunk<'static> {
+        let body: String = added.iter().map(|text| format!("+{text}\n")).collect();
+        let text = format!("@@ -{new_start},0 +{new_start},{} @@\n{body}", added.len());
+        Hunk::new(Box::leak(text.into_boxed_str()))
     }
 
-    fn file(path: &str, hunks: Vec<Hunk>) -> FileDiff {
+    fn file(path: &str, hunks: Vec<Hunk<'static>>) -> FileDiff<'static> {
         FileDiff {
-            path: path.to_owned(),
+            path: path.to_owned().into(),
             old_path: None,
             status: FileStatus::Modified,
             binary: false,
+            damaged: false,
             hunks,
         }
     }
@@ -492,14 +474,14 @@ mod tests {
         (0..count).map(|i| format!("let value_{i} = {i};")).collect()
     }
 
-    fn sized(path: &str, added: usize) -> FileDiff {
+    fn sized(path: &str, added: usize) -> FileDiff<'static> {
         let texts = lines(added);
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         file(path, vec![hunk(1, &refs)])
     }
 
-    fn paths(files: &[FileDiff]) -> Vec<&str> {
-        files.iter().map(|f| f.path.as_str()).collect()
+    fn paths<'a>(files: &'a [FileDiff<'_>]) -> Vec<&'a str> {
+        files.iter().map(|f| f.path.as_ref()).collect()
     }
 
     #[test]

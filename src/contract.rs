@@ -1,87 +1,71 @@
 //! The wire contract with the producer: the job and result messages, and the JSON schemas that
 //! bind them (`docs/contract/`, a copy of `shared/contract/`).
 //!
-//! Everything that crosses the broker is defined here and nowhere else. Jobs are checked against
-//! the job schema before they are deserialised, so a job that the schema rejects is `invalid_job`
-//! with the schema's own words, never a half-read struct.
+//! Everything that crosses the broker is defined here and nowhere else. A job is read straight
+//! into typed structs and every rule of `review-job.v1.schema.json` is checked in code
+//! ([`parse_job`], `parse.rs`): no `serde_json::Value` of the body is ever built, because a
+//! body within `API_REVIEW_MAX_JOB_BYTES` can hold millions of tiny values (`[0,0,0,…]`) that
+//! would cost 32 bytes each as a `Value`. Unknown properties are skipped without being built, and
+//! the large texts (`diff`, `patch`, the PR body) borrow from the body or are unescaped once.
 
-use std::sync::LazyLock;
+mod parse;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-/// The job schema, compiled once. The schema ships inside the binary so that the worker builds
-/// and runs without `shared/`.
-static JOB_SCHEMA: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
-    let schema: serde_json::Value = serde_json::from_str(include_str!("../docs/contract/review-job.v1.schema.json"))
-        .expect("the bundled job schema is valid JSON");
-    jsonschema::options()
-        .with_draft(jsonschema::Draft::Draft202012)
-        .build(&schema)
-        .expect("the bundled job schema compiles")
-});
+#[cfg(test)]
+pub(crate) use parse::InvalidJob;
+pub(crate) use parse::{MAX_FILES, parse_job};
 
 pub(crate) const JOB_SCHEMA_ID: &str = "review-job/v1";
 pub(crate) const RESULT_SCHEMA_ID: &str = "review-result/v1";
 
-/// A PR-review job as the producer publishes it (`review-job.v1.schema.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A PR-review job as the producer publishes it (`review-job.v1.schema.json`), valid by
+/// construction when it comes from [`parse_job`]. It owns its texts (an async fn cannot name a
+/// borrowed job's lifetime by elision, and the worker's are written that way); each was unescaped
+/// once, straight into a buffer of its size, and the diff parser borrows from them.
+#[derive(Debug, Clone)]
 pub struct Job {
-    pub schema: String,
+    /// At most [`MAX_ID_BYTES`] bytes, so that `{job_id}:result` fits an AMQP short string.
     pub job_id: String,
     pub repository: Repository,
     pub pull_request: PullRequest,
-    #[serde(default)]
+    /// Empty when the job gives `files` instead.
     pub diff: String,
-    #[serde(default)]
     pub files: Vec<JobFile>,
-    #[serde(default)]
     pub options: ReviewOptions,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct Repository {
     pub full_name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_branch: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct PullRequest {
     pub number: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_sha: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_sha: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 }
 
 /// One changed file, the alternative to a whole `diff`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct JobFile {
     pub path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_path: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<FileStatusHint>,
     pub patch: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileStatusHint {
     Added,
     Modified,
@@ -89,17 +73,12 @@ pub enum FileStatusHint {
     Renamed,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct ReviewOptions {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_suggestions: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_severity: Option<Severity>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instructions: Option<String>,
-    #[serde(default)]
     pub ignore_paths: Vec<String>,
 }
 
@@ -262,6 +241,10 @@ impl ReviewResult {
         }
     }
 
+    pub fn is_failed(&self) -> bool {
+        self.status == Status::Failed
+    }
+
     pub fn routing_key(&self) -> &'static str {
         match self.status {
             Status::Completed => "result.completed",
@@ -287,76 +270,6 @@ pub(crate) fn one_line(text: &str) -> String {
         line.push('…');
     }
     line
-}
-
-/// Why a message body is not a job we can review.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum InvalidJob {
-    #[error("job body is {size} bytes, more than the {limit} bytes allowed (API_REVIEW_MAX_JOB_BYTES)")]
-    TooLarge { size: usize, limit: usize },
-    #[error("job body is not UTF-8: {0}")]
-    NotUtf8(#[from] std::str::Utf8Error),
-    #[error("job body is not JSON: {0}")]
-    NotJson(#[source] serde_json::Error),
-    #[error("job does not match review-job/v1: {0}")]
-    Schema(String),
-}
-
-/// Parses and validates a job body. On failure, also returns the `job_id` when one can be read,
-/// so that the producer still hears about its job.
-pub(crate) fn parse_job(body: &[u8], max_bytes: usize) -> Result<Job, (InvalidJob, Option<String>)> {
-    if body.len() > max_bytes {
-        // Too large to parse safely; a cheap scan may still find the id near the start.
-        return Err((
-            InvalidJob::TooLarge {
-                size: body.len(),
-                limit: max_bytes,
-            },
-            sniff_job_id(body),
-        ));
-    }
-    let text = std::str::from_utf8(body).map_err(|e| (InvalidJob::NotUtf8(e), None))?;
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| (InvalidJob::NotJson(e), None))?;
-    let job_id = value
-        .get("job_id")
-        .and_then(|v| v.as_str())
-        .filter(|id| !id.is_empty() && id.len() <= 128)
-        .map(str::to_owned);
-    if let Err(error) = JOB_SCHEMA.validate(&value) {
-        let path = error.instance_path().to_string();
-        let at = if path.is_empty() { "/".to_owned() } else { path };
-        return Err((InvalidJob::Schema(format!("at {at}: {error}")), job_id));
-    }
-    serde_json::from_value(value).map_err(|e| (InvalidJob::Schema(e.to_string()), job_id))
-}
-
-/// Finds a top-level-looking `"job_id": "..."` in a body too large to parse. The body is already
-/// in memory, so a byte scan is cheap; an occurrence escaped inside a string (`\"job_id\"`) is
-/// skipped.
-fn sniff_job_id(body: &[u8]) -> Option<String> {
-    const KEY: &[u8] = b"\"job_id\"";
-    let mut from = 0;
-    while let Some(at) = body[from..].windows(KEY.len()).position(|w| w == KEY).map(|p| p + from) {
-        from = at + KEY.len();
-        if at > 0 && body[at - 1] == b'\\' {
-            continue;
-        }
-        // A lossy window: an id is short, and a cut character at the end does not matter.
-        let window = String::from_utf8_lossy(&body[from..body.len().min(from + 200)]);
-        let rest = window.as_ref();
-        let Some(rest) = rest.trim_start().strip_prefix(':') else {
-            continue;
-        };
-        let Some(rest) = rest.trim_start().strip_prefix('"') else {
-            continue;
-        };
-        let Some(end) = rest.find('"') else { continue };
-        let id = &rest[..end];
-        if !id.is_empty() && id.len() <= 128 && !id.contains('\\') {
-            return Some(id.to_owned());
-        }
-    }
-    None
 }
 
 #[cfg(test)]

@@ -25,7 +25,12 @@ async fn main() -> ExitCode {
         Command::Run => app::run(settings, shutdown::signal()).await.map(|()| ExitCode::SUCCESS),
         Command::Review(args) => cli::review_once(&settings, args).await.and_then(|result| {
             println!("{}", serde_json::to_string_pretty(&result)?);
-            Ok(ExitCode::SUCCESS)
+            // The result is printed either way; a script still needs to tell a failure apart.
+            Ok(if result.is_failed() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }),
         Command::Submit(args) => cli::submit(&settings, args).await.and_then(|results| {
             for result in results {

@@ -3,7 +3,7 @@
 
 use crate::context::Fitted;
 use crate::contract::Job;
-use crate::diff::render_for_prompt;
+use crate::diff::render_into;
 use crate::provider::Message;
 
 const SYSTEM: &str = "You are a meticulous senior code reviewer. Review the pull request diff \
@@ -23,32 +23,48 @@ Answer with ONE JSON object and nothing else, exactly of this shape:
 \"improved_code\": \"<the fix>\"}]}
 Use an empty suggestions array when there is nothing worth reporting.";
 
+/// The most of the PR description and of the team rules a prompt carries, in characters. Either
+/// may be megabytes long in a job; past this they would crowd the diff out of the window, and
+/// every copy of them costs memory.
+const MAX_TEXT_CHARS: usize = 20_000;
+/// The most of a title or a language name a prompt carries, in characters.
+const MAX_LINE_CHARS: usize = 500;
+
+/// `text` cut to `max` characters, saying so when it is cut.
+fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => text.into(),
+        Some((at, _)) => format!("{} […cut: longer than {max} characters]", &text[..at]).into(),
+    }
+}
+
 /// Builds the messages for one review.
-pub(crate) fn build_messages(job: &Job, fitted: &Fitted) -> Vec<Message> {
+pub(crate) fn build_messages(job: &Job, fitted: &Fitted<'_>) -> Vec<Message> {
     let mut system = SYSTEM.to_owned();
     if let Some(language) = job.options.language.as_deref().filter(|l| !l.trim().is_empty()) {
+        let language = bounded(language, MAX_LINE_CHARS);
         system.push_str(&format!(
             "\nWrite the summary, titles and bodies in the natural language `{language}`; keep code as is."
         ));
     }
     if let Some(rules) = job.options.instructions.as_deref().filter(|r| !r.trim().is_empty()) {
         system.push_str("\n\nTeam rules to apply on top of the default review:\n");
-        system.push_str(rules.trim());
+        system.push_str(&bounded(rules.trim(), MAX_TEXT_CHARS));
     }
 
     let pr = &job.pull_request;
     let mut user = format!("Repository: {}\nPull request #{}", job.repository.full_name, pr.number);
     if let Some(title) = pr.title.as_deref().filter(|t| !t.trim().is_empty()) {
         user.push_str(": ");
-        user.push_str(title.trim());
+        user.push_str(&bounded(title.trim(), MAX_LINE_CHARS));
     }
     user.push('\n');
     if let Some(language) = job.repository.language.as_deref() {
-        user.push_str(&format!("Main language: {language}\n"));
+        user.push_str(&format!("Main language: {}\n", bounded(language, MAX_LINE_CHARS)));
     }
     if let Some(body) = pr.body.as_deref().filter(|b| !b.trim().is_empty()) {
         user.push_str("\nDescription:\n");
-        user.push_str(body.trim());
+        user.push_str(&bounded(body.trim(), MAX_TEXT_CHARS));
         user.push('\n');
     }
     if !fitted.skipped_files.is_empty() {
@@ -59,7 +75,7 @@ pub(crate) fn build_messages(job: &Job, fitted: &Fitted) -> Vec<Message> {
     }
     user.push_str("\nDiff:\n");
     for file in &fitted.files {
-        user.push_str(&render_for_prompt(file));
+        render_into(file, &mut user);
     }
     vec![Message::system(system), Message::user(user)]
 }

@@ -14,9 +14,11 @@ use crate::provider::{ChatAnswer, Message, ProviderError};
 
 /// A job ready to send: what fits the model's window, and the messages.
 #[derive(Debug)]
-pub(crate) struct Prepared {
-    pub fitted: Fitted,
+pub(crate) struct Prepared<'a> {
+    pub fitted: Fitted<'a>,
     pub messages: Vec<Message>,
+    /// Why nothing is sent when `fitted.files` is empty, if not the usual "all skipped".
+    pub nothing_to_review: Option<&'static str>,
 }
 
 /// What the model said about a job, anchored and filtered.
@@ -48,8 +50,12 @@ fn output_reserve(window: usize) -> usize {
 }
 
 /// Parses the job's diff and fits it, with the prompt around it, into the model's window.
-pub(crate) fn prepare(job: &Job, model: &str) -> Result<Prepared, ReviewError> {
-    let files: Vec<FileDiff> = if job.files.is_empty() {
+///
+/// A diff that adds no line gives a suggestion nowhere to point, so it costs no call: a damaged
+/// one (a word diff, a diff cut mid-hunk) is an invalid job, one that only deletes, renames or
+/// changes modes is reviewed as "nothing to review".
+pub(crate) fn prepare<'a>(job: &'a Job, model: &str) -> Result<Prepared<'a>, ReviewError> {
+    let files: Vec<FileDiff<'a>> = if job.files.is_empty() {
         parse_unified(&job.diff)
     } else {
         from_job_files(&job.files)
@@ -60,24 +66,39 @@ pub(crate) fn prepare(job: &Job, model: &str) -> Result<Prepared, ReviewError> {
     }
     let ignore = build_ignore_set(&job.options.ignore_paths)
         .map_err(|e| ReviewError::InvalidJob(format!("options.ignore_paths: {e}")))?;
+    if files.iter().all(|file| file.added_line_count() == 0) {
+        if files.iter().any(|file| file.damaged) {
+            return Err(ReviewError::InvalidJob(
+                "the diff adds no line, and a hunk of it holds fewer lines than its header announces \
+                 or changes none (a word diff? a diff cut short?): there is nothing to review"
+                    .to_owned(),
+            ));
+        }
+        return Ok(Prepared {
+            fitted: Fitted {
+                skipped_files: files.into_iter().map(|file| file.path.into_owned()).collect(),
+                ..Fitted::default()
+            },
+            messages: Vec::new(),
+            nothing_to_review: Some(
+                "Nothing to review: the diff adds no lines (it only removes, renames or changes modes).",
+            ),
+        });
+    }
 
     let window = context_window(model) as usize;
     // The prompt without a diff tells how much the frame takes.
-    let frame = build_messages(
-        job,
-        &Fitted {
-            files: Vec::new(),
-            skipped_files: Vec::new(),
-            truncated: false,
-            estimated_tokens: 0,
-        },
-    );
+    let frame = build_messages(job, &Fitted::default());
     let frame_tokens: usize = frame.iter().map(|m| estimate_tokens(&m.content)).sum();
     let budget = window.saturating_sub(output_reserve(window) + frame_tokens + 256);
 
     let fitted = fit(files, &ignore, budget);
     let messages = build_messages(job, &fitted);
-    Ok(Prepared { fitted, messages })
+    Ok(Prepared {
+        fitted,
+        messages,
+        nothing_to_review: None,
+    })
 }
 
 /// How a review reaches the model: the executor puts retries, limits and the fallback behind
@@ -87,15 +108,22 @@ pub(crate) trait ModelCall: Sync {
 }
 
 /// Runs the review: one call, one repair call if the answer cannot be read, then anchoring.
-pub(crate) async fn run(job: &Job, prepared: Prepared, model: &impl ModelCall) -> Result<Review, ReviewError> {
-    let Prepared { fitted, mut messages } = prepared;
+pub(crate) async fn run(job: &Job, prepared: Prepared<'_>, model: &impl ModelCall) -> Result<Review, ReviewError> {
+    let Prepared {
+        fitted,
+        mut messages,
+        nothing_to_review,
+    } = prepared;
     let mut usage = Usage::default();
     let mut model_time = Duration::ZERO;
 
     if fitted.files.is_empty() {
         // Nothing reviewable is left (all lockfiles, binaries, ignored…): no call, no quota.
         return Ok(Review {
-            summary: format!("Nothing to review: {} file(s) skipped.", fitted.skipped_files.len()),
+            summary: nothing_to_review.map_or_else(
+                || format!("Nothing to review: {} file(s) skipped.", fitted.skipped_files.len()),
+                str::to_owned,
+            ),
             suggestions: Vec::new(),
             usage,
             truncated: fitted.truncated,
@@ -144,9 +172,9 @@ pub(crate) async fn run(job: &Job, prepared: Prepared, model: &impl ModelCall) -
         skipped_files,
         ..
     } = fitted;
-    let options = job.options.clone();
-    let suggestions = review.suggestions;
-    let anchored = off_runtime(&usage, size, move || anchor(suggestions, &files, &options)).await?;
+    // The files borrow from the job, so this work cannot move to the blocking pool; a large one
+    // hands this thread's other tasks to the rest of the runtime instead.
+    let anchored = crate::blocking::heavy_in_place(size, || anchor(review.suggestions, &files, &job.options));
     if anchored.dropped > 0 || anchored.reanchored > 0 {
         tracing::debug!(
             dropped = anchored.dropped,
@@ -282,5 +310,47 @@ mod tests {
         assert!(matches!(prepare(&job, "glm-5.1"), Err(ReviewError::InvalidJob(_))));
         job.diff = "   \n".into();
         assert!(matches!(prepare(&job, "glm-5.1"), Err(ReviewError::InvalidJob(_))));
+    }
+
+    #[test]
+    fn a_damaged_diff_that_adds_no_line_is_an_invalid_job() {
+        let mut job = job();
+        for damaged in [
+            // A word diff: hunk headers over lines no hunk can hold.
+            "diff --git a/a.rs b/a.rs\n--- a/a.rs\n+++ b/a.rs\n@@ -1,2 +1,2 @@\nlet [-a-]{+b+} = 1;\n",
+            // Cut before the first added line.
+            "diff --git a/a.rs b/a.rs\n--- a/a.rs\n+++ b/a.rs\n@@ -1,5 +1,6 @@\n fn a() {\n-    x\n",
+        ] {
+            job.diff = damaged.into();
+            match prepare(&job, "glm-5.1") {
+                Err(ReviewError::InvalidJob(message)) => assert!(message.contains("adds no line"), "{message}"),
+                other => panic!("expected an invalid job, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_diff_that_only_deletes_costs_no_call() {
+        let mut job = job();
+        job.diff =
+            "--- a/a.rs\n+++ b/a.rs\n@@ -1,2 +1,1 @@\n keep\n-gone\n--- a/b.rs\n+++ /dev/null\n@@ -1 +0,0 @@\n-x\n"
+                .into();
+        let model = Scripted::new(&[]);
+        let review = run(&job, prepare(&job, "glm-5.1").unwrap(), &model).await.unwrap();
+        assert!(model.seen.lock().unwrap().is_empty());
+        assert!(review.summary.contains("adds no lines"), "{}", review.summary);
+        assert_eq!(review.skipped_files, ["a.rs", "b.rs"]);
+    }
+
+    #[test]
+    fn a_description_of_megabytes_is_cut_and_leaves_the_diff_its_room() {
+        let mut job = job();
+        job.pull_request.body = Some("word ".repeat(1 << 20));
+        job.options.instructions = Some("rule ".repeat(1 << 20));
+        let prepared = prepare(&job, "glm-5.1").unwrap();
+        assert_eq!(prepared.fitted.files.len(), 1, "the diff still fits");
+        let size: usize = prepared.messages.iter().map(|m| m.content.len()).sum();
+        assert!(size < 60_000, "{size} bytes of prompt");
+        assert!(prepared.messages[1].content.contains("cut: longer than"));
     }
 }

@@ -73,10 +73,63 @@ impl std::fmt::Display for Problem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
+    /// The settings could not be loaded; the text never quotes a value (see [`describe`]).
     #[error("could not read settings: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(String),
     #[error("invalid settings (fix these in .env or the environment):\n  - {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  - "))]
     Invalid(Vec<Problem>),
+}
+
+impl From<config::ConfigError> for SettingsError {
+    fn from(error: config::ConfigError) -> Self {
+        Self::Load(describe(&error))
+    }
+}
+
+/// A loading error in words that quote no value. The TOML parser shows the offending line under
+/// its message, and an unquoted `api_open_ai_api_key = sk-…` is exactly such a line; a type error
+/// names what it found. Keys, positions and the file's name stay: they are what an operator needs.
+fn describe(error: &config::ConfigError) -> String {
+    use config::ConfigError;
+    match error {
+        ConfigError::FileParse { uri, cause } => {
+            let file = uri.as_deref().unwrap_or("the settings file");
+            let text = cause.to_string();
+            // `TOML parse error at line 3, column 23`, then the source line and a caret, then the
+            // message: only the first and the last kind are kept.
+            let mut kept = text
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.contains('|') && !line.starts_with('^'));
+            let position = kept.next().unwrap_or("a syntax error");
+            let message: Vec<&str> = kept.collect();
+            let mut said = format!("{file} is not valid: {position}");
+            if !message.is_empty() {
+                said.push_str(": ");
+                said.push_str(&message.join(" "));
+            }
+            said.push_str(" (the line is not shown, it may hold a secret; strings need quotes: key = \"value\")");
+            crate::contract::one_line(&said)
+        }
+        ConfigError::Type {
+            origin, expected, key, ..
+        } => format!(
+            "{} has the wrong type, expected {expected}{}",
+            key.as_deref().unwrap_or("a setting"),
+            origin.as_deref().map(|o| format!(" (in {o})")).unwrap_or_default()
+        ),
+        ConfigError::At { error, origin, key } => format!(
+            "{}{}: {}",
+            key.as_deref().unwrap_or("a setting"),
+            origin.as_deref().map(|o| format!(" (in {o})")).unwrap_or_default(),
+            describe(error)
+        ),
+        ConfigError::NotFound(key) => format!("{key} is missing"),
+        // `configuration file "…" not found` and other texts the config crate writes itself.
+        ConfigError::Message(message) if message.starts_with("configuration file") => message.clone(),
+        ConfigError::Foreign(cause) if cause.is::<std::io::Error>() => cause.to_string(),
+        _ => "the settings could not be loaded (the details may quote a value, so they are not shown)".to_owned(),
+    }
 }
 
 /// Which Z.AI plan the key belongs to; it sets the default deployment-wide cap.
@@ -224,6 +277,23 @@ impl BrokerSettings {
     }
 }
 
+/// The AMQP frame size the worker asks the broker for, unless a URI sets its own `frame_max`.
+/// lapin keeps a receive and a send buffer of 32 frames per connection and zero-fills them once
+/// the size is negotiated: at RabbitMQ's default of 128 KiB that is 8 MiB of an idle worker's
+/// 20. Jobs and results are a few KiB; a 16 MiB job simply comes in more frames.
+const FRAME_MAX: u32 = 16_384;
+
+/// `uri` asking for [`FRAME_MAX`] when it does not choose a frame size itself.
+fn with_frame_max(uri: &str) -> String {
+    match Url::parse(uri) {
+        Ok(url) if !url.query_pairs().any(|(key, _)| key == "frame_max") => {
+            let separator = if url.query().is_some() { '&' } else { '?' };
+            format!("{uri}{separator}frame_max={FRAME_MAX}")
+        }
+        Ok(_) | Err(_) => uri.to_owned(),
+    }
+}
+
 /// `API_RABBITMQ_URI`: one AMQP URI or a comma-separated list of them, like other AMQP clients'
 /// address lists.
 fn parse_uri_list(p: &mut Vec<Problem>, list: &str) -> Vec<SecretString> {
@@ -242,20 +312,38 @@ fn parse_uri_list(p: &mut Vec<Problem>, list: &str) -> Vec<SecretString> {
                 format!("`{}` is not an amqp:// or amqps:// URI", redact_uri(text)),
             );
         } else {
-            uris.push(SecretString::from(text.to_owned()));
+            uris.push(SecretString::from(with_frame_max(text)));
         }
     }
     uris
 }
 
-/// Masks the password in `amqp://user:pass@host/vhost`.
+/// Masks the password in `amqp://user:pass@host/vhost`, and leaves out the `frame_max` the worker
+/// added, so that a URI shows as the operator wrote it.
 pub fn redact_uri(uri: &str) -> String {
     match Url::parse(uri) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("***"));
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            let added = FRAME_MAX.to_string();
+            if url
+                .query_pairs()
+                .any(|(key, value)| key == "frame_max" && value == added)
+            {
+                let kept: Vec<(String, String)> = url
+                    .query_pairs()
+                    .filter(|(key, value)| !(key == "frame_max" && *value == added))
+                    .map(|(key, value)| (key.into_owned(), value.into_owned()))
+                    .collect();
+                if kept.is_empty() {
+                    url.set_query(None);
+                } else {
+                    url.query_pairs_mut().clear().extend_pairs(kept);
+                }
+            }
             url.to_string()
         }
-        Ok(url) => url.to_string(),
         Err(_) => "<unparseable URI>".to_owned(),
     }
 }
@@ -468,7 +556,7 @@ impl Settings {
         let broker = BrokerSettings {
             uris: match raw.api_rabbitmq_uri {
                 Some(list) if !list.expose_secret().trim().is_empty() => parse_uri_list(p, list.expose_secret()),
-                _ => vec![SecretString::from(DEFAULT_RABBITMQ_URI)],
+                _ => vec![SecretString::from(with_frame_max(DEFAULT_RABBITMQ_URI))],
             },
             topology,
         };
@@ -901,6 +989,57 @@ mod tests {
         assert!(!format!("{settings:?}").contains("sk-very-secret"));
         let error = with(&[("API_LLM_PROVIDER_MODEL", "")]).unwrap_err();
         assert!(!error.to_string().contains("sk-very-secret"));
+    }
+
+    #[test]
+    fn a_settings_file_that_is_not_toml_is_refused_without_echoing_its_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("worker.toml");
+        std::fs::write(
+            &file,
+            "api_llm_provider_model = \"glm-5.1\"\napi_open_ai_api_key = sk-secret-123\n",
+        )
+        .unwrap();
+        let error = Settings::load(Some(&file)).unwrap_err();
+        let text = error.to_string();
+        assert!(matches!(error, SettingsError::Load(_)), "{error:?}");
+        assert!(!text.contains("sk-secret"), "{text}");
+        assert!(!format!("{error:?}").contains("sk-secret"));
+        assert!(text.contains("line 2"), "the position is kept: {text}");
+        assert!(text.contains("worker.toml"), "the file is named: {text}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_in_a_settings_file_is_not_echoed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("worker.toml");
+        std::fs::write(&file, "api_open_ai_api_key = { nested = \"sk-secret-123\" }\n").unwrap();
+        let text = Settings::load(Some(&file)).unwrap_err().to_string();
+        assert!(!text.contains("sk-secret"), "{text}");
+    }
+
+    #[test]
+    fn broker_uris_ask_for_small_frames_unless_they_choose_and_show_as_written() {
+        let settings = with(&[(
+            "API_RABBITMQ_URI",
+            "amqp://u:p@a:5672/%2f,amqp://u:p@b:5672/%2f?heartbeat=10,amqp://u:p@c:5672/%2f?frame_max=131072",
+        )])
+        .unwrap();
+        let uris: Vec<&str> = settings.broker.uris.iter().map(|u| u.expose_secret()).collect();
+        assert_eq!(
+            uris,
+            [
+                "amqp://u:p@a:5672/%2f?frame_max=16384",
+                "amqp://u:p@b:5672/%2f?heartbeat=10&frame_max=16384",
+                "amqp://u:p@c:5672/%2f?frame_max=131072",
+            ]
+        );
+        assert_eq!(
+            settings.broker.display_uri(),
+            "amqp://u:***@a:5672/%2f,amqp://u:***@b:5672/%2f?heartbeat=10,amqp://u:***@c:5672/%2f?frame_max=131072"
+        );
+        let default = Settings::from_vars([]).unwrap();
+        assert_eq!(default.broker.display_uri(), "amqp://guest:***@127.0.0.1:5672/%2f");
     }
 
     #[test]
