@@ -5,7 +5,8 @@
 //! # Layout
 //! - [`settings`]: environment (and optional file) into typed, validated settings; secrets.
 //! - [`telemetry`]: log format and level.
-//! - [`contract`]: job and result messages and their JSON schemas.
+//! - [`contract`]: job and result messages; `contract::parse` reads a job into typed structs and
+//!   checks the schema's rules in code, in bounded memory.
 //! - [`diff`]: unified diffs into files, hunks and new-file line numbers.
 //! - [`context`]: what fits the model's context window; skipped files; ranking.
 //! - [`prompt`]: the review request.
