@@ -19,7 +19,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use lapin::BasicProperties;
@@ -98,21 +97,7 @@ impl Worker {
         if preloaded > 0 {
             common::preload(&broker, preloaded).await;
         }
-        let child = tokio::process::Command::new(&opts.bin)
-            .arg("run")
-            .env("API_RABBITMQ_URI", common::amqp_uri())
-            .env("API_RABBITMQ_NAMESPACE", &namespace)
-            .env("API_LLM_PROVIDER_MODEL", "glm-5.1")
-            .env("API_OPENAI_FORCE_BASE_URL", sim.developer_base_url())
-            .env("API_OPEN_AI_API_KEY", "sim-developer-key")
-            .env("API_LLM_MAX_CONCURRENT_REQUESTS", opts.concurrency.to_string())
-            .env("API_WORKER_CONCURRENCY", opts.concurrency.to_string())
-            .env("WORKER_HEALTH_PORT", "0")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the worker binary");
+        let child = common::spawn_worker(&opts.bin, &namespace, sim, opts.concurrency);
         let pid = child.id().expect("running");
         let worker = Worker { child, pid, broker };
         worker.wait_consuming().await;

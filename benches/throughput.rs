@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -51,21 +50,7 @@ fn options() -> Options {
 async fn worker_run(sim: &SimHandle, opts: &Options) -> (f64, f64) {
     let (namespace, broker) = common::world("worker").await;
     common::preload(&broker, opts.jobs).await;
-    let mut child = tokio::process::Command::new(&opts.bin)
-        .arg("run")
-        .env("API_RABBITMQ_URI", common::amqp_uri())
-        .env("API_RABBITMQ_NAMESPACE", &namespace)
-        .env("API_LLM_PROVIDER_MODEL", "glm-5.1")
-        .env("API_OPENAI_FORCE_BASE_URL", sim.developer_base_url())
-        .env("API_OPEN_AI_API_KEY", "sim-developer-key")
-        .env("API_LLM_MAX_CONCURRENT_REQUESTS", opts.concurrency.to_string())
-        .env("API_WORKER_CONCURRENCY", opts.concurrency.to_string())
-        .env("WORKER_HEALTH_PORT", "0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the worker binary");
+    let mut child = common::spawn_worker(&opts.bin, &namespace, sim, opts.concurrency);
     let pid = child.id().unwrap();
     let elapsed = common::collect(&broker, &broker.topology().results_queue.clone(), opts.jobs).await;
     let rss = common::peak_rss_kib(pid).unwrap_or(0) as f64 / 1024.0;

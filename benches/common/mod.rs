@@ -141,3 +141,28 @@ pub(crate) fn machine() -> String {
             .unwrap_or_default()
     )
 }
+
+/// `review-worker run` (the binary at `bin`) on `namespace`, against the simulator's
+/// pay-per-token endpoint, with `concurrency` calls and prefetch; output discarded.
+pub(crate) fn spawn_worker(
+    bin: &std::path::Path,
+    namespace: &str,
+    sim: &review_worker::sim::SimHandle,
+    concurrency: usize,
+) -> tokio::process::Child {
+    tokio::process::Command::new(bin)
+        .arg("run")
+        .env("API_RABBITMQ_URI", amqp_uri())
+        .env("API_RABBITMQ_NAMESPACE", namespace)
+        .env("API_LLM_PROVIDER_MODEL", "glm-5.1")
+        .env("API_OPENAI_FORCE_BASE_URL", sim.developer_base_url())
+        .env("API_OPEN_AI_API_KEY", "sim-developer-key")
+        .env("API_LLM_MAX_CONCURRENT_REQUESTS", concurrency.to_string())
+        .env("API_WORKER_CONCURRENCY", concurrency.to_string())
+        .env("WORKER_HEALTH_PORT", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the worker binary")
+}
