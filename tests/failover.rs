@@ -228,5 +228,13 @@ async fn a_node_that_accepts_but_never_answers_is_left_for_the_next_uri_of_the_l
     let log = worker.log_text();
     assert!(log.contains("no answer within 15s"), "{log}");
     assert!(!log.contains("guest:guest"), "passwords are masked: {log}");
+    let node = format!("broker{{node={}}}", common::redact(&world.uri));
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("consuming jobs"))
+            .all(|l| l.contains(&node)),
+        "the connection's lines name its node ({node}): {log}"
+    );
+    assert!(log.contains(&node), "{log}");
     held.abort();
 }
