@@ -3,7 +3,8 @@
 #   docker build -t review-worker:local .
 #   docker run --rm --env-file .env -p 3334:3334 review-worker:local          # the worker (`run`)
 #   docker run --rm --env-file .env review-worker:local check                 # probe the provider
-#   docker run --rm -p 4010:4010 review-worker:local sim --listen 0.0.0.0:4010  # Z.AI simulator
+#   docker run --rm -p 4010:4010 --entrypoint zai-sim review-worker:local --listen 0.0.0.0:4010  # Z.AI simulator
+#   (`review-worker sim …` is the same simulator, as a subcommand)
 # (`docker run --env-file` takes each value literally, quotes and trailing comments included;
 # docker-compose's env_file strips them. deploy/docker-compose.yml is the documented way.)
 #
@@ -22,10 +23,15 @@ WORKDIR /build
 #    stubs outside src/ stay for the real build: `cargo build` does not compile benches, tests or
 #    examples, it only needs their files to exist. (A build.rs, if one is ever added, must be
 #    copied here with the manifest, and un-ignored in .dockerignore.)
+#    The workspace's crates get the same treatment: their manifests, an empty lib.rs each, and
+#    the simulator's binary.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src \
+COPY crates/review-core/Cargo.toml crates/review-core/
+COPY crates/zai-sim/Cargo.toml crates/zai-sim/
+RUN mkdir -p src crates/review-core/src crates/zai-sim/src \
  && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs \
+ && echo 'fn main() {}' > crates/zai-sim/src/main.rs \
+ && touch src/lib.rs crates/review-core/src/lib.rs crates/zai-sim/src/lib.rs \
  && awk 'function flush() { if (kind != "" && name != "") print (path != "" ? path : dir[kind] "/" name ".rs"); kind = ""; name = ""; path = "" } \
          BEGIN { dir["bin"] = "src/bin"; dir["bench"] = "benches"; dir["test"] = "tests"; dir["example"] = "examples" } \
          /^[ \t]*\[/ { flush() } \
@@ -34,21 +40,25 @@ RUN mkdir -p src \
          kind != "" && /^[ \t]*path[ \t]*=/ { split($0, a, "\""); path = a[2] } \
          END { flush() }' Cargo.toml \
     | while read -r stub; do mkdir -p "$(dirname "$stub")"; [ -e "$stub" ] || echo 'fn main() {}' > "$stub"; done \
- && cargo build --release --locked \
- && rm -rf src
+ && cargo build --release --locked --workspace \
+ && rm -rf src crates/review-core/src crates/zai-sim/src
 
 # 2. The real sources. `docs/` is needed at compile time: the crate embeds the contract's JSON
 #    schemas (`include_str!("../docs/contract/*.json")`).
 COPY src ./src
+COPY crates ./crates
 COPY docs ./docs
-# Forget the dummy crate's artefacts so that cargo rebuilds ours whatever the files' mtimes are
+# Forget the dummy crates' artefacts so that cargo rebuilds ours whatever the files' mtimes are
 # (COPY keeps the build context's mtimes, which can be older than the dummy build).
-RUN touch src/main.rs src/lib.rs \
- && rm -rf target/release/.fingerprint/review-worker-* \
+RUN touch src/main.rs src/lib.rs crates/*/src/lib.rs crates/zai-sim/src/main.rs \
+ && rm -rf target/release/.fingerprint/review-worker-* target/release/.fingerprint/review-core-* \
+           target/release/.fingerprint/zai-sim-* \
            target/release/deps/review_worker-* target/release/deps/libreview_worker-* \
- && cargo build --release --locked \
+           target/release/deps/libreview_core-* target/release/deps/zai_sim-* target/release/deps/libzai_sim-* \
+ && cargo build --release --locked --workspace \
  && install -D -m 0755 target/release/review-worker /out/review-worker \
- && /out/review-worker --version
+ && install -D -m 0755 target/release/zai-sim /out/zai-sim \
+ && /out/review-worker --version && /out/zai-sim --version
 
 ############################ runtime ############################
 # Why debian:bookworm-slim and not gcr.io/distroless/cc-debian12:nonroot: the image carries a
@@ -69,6 +79,7 @@ RUN apt-get update \
             --shell /usr/sbin/nologin review
 
 COPY --from=builder /out/review-worker /usr/local/bin/review-worker
+COPY --from=builder /out/zai-sim /usr/local/bin/zai-sim
 
 # /health, /ready and /metrics (WORKER_HEALTH_PORT, default 3334).
 EXPOSE 3334

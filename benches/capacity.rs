@@ -15,7 +15,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use review_worker::sim::{SimArgs, SimHandle};
+use zai_sim::{SimArgs, SimHandle};
 
 const LATENCY: Duration = Duration::from_millis(200);
 

@@ -71,11 +71,11 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use review_worker::broker::{Broker, DELAY_TIERS};
 use review_worker::settings::Settings;
-use review_worker::sim::{SimArgs, SimHandle};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use zai_sim::{SimArgs, SimHandle};
 
 const LATENCY: Duration = Duration::from_millis(200);
 const CAP: u64 = 1;

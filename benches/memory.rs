@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use lapin::BasicProperties;
 use review_worker::broker::Broker;
-use review_worker::sim::{SimArgs, SimHandle};
 use serde_json::{Value, json};
+use zai_sim::{SimArgs, SimHandle};
 
 const EXAMPLE_JOB: &str = include_str!("../docs/contract/examples/job.json");
 

@@ -16,7 +16,7 @@ use futures_util::StreamExt as _;
 use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use review_worker::sim::{SimArgs, SimHandle};
+use zai_sim::{SimArgs, SimHandle};
 
 struct Options {
     jobs: usize,

@@ -19,9 +19,9 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use secrecy::ExposeSecret;
 
-use crate::contract::{ReviewResult, one_line, rfc3339};
 use crate::fate::{Counters, DeadKind};
 use crate::settings::{BrokerSettings, Topology, redact_uri};
+use review_core::contract::{ReviewResult, one_line, rfc3339};
 
 /// Bound on connecting: TCP, the AMQP handshake and opening the publishing channel.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use crate::contract::{Job, PullRequest, Repository, ReviewOptions, ReviewResult};
 use crate::settings::Settings;
+use review_core::contract::{Job, PullRequest, Repository, ReviewOptions, ReviewResult};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,7 +44,7 @@ pub enum Command {
     /// Publish job files to RabbitMQ like the API does; with --wait, print each result.
     Submit(SubmitArgs),
     /// Run the Z.AI simulator: an OpenAI-compatible stand-in for tests, demos and rehearsals.
-    Sim(crate::sim::SimArgs),
+    Sim(zai_sim::SimArgs),
     /// Test the provider settings (the product's "Test & save"): key, endpoint and model.
     Check,
 }
@@ -159,7 +159,7 @@ pub async fn review_once(settings: &Settings, args: &ReviewArgs) -> anyhow::Resu
 /// Says that `invalid` byte sequences were replaced and in which files (up to ten) U+FFFD now
 /// stands.
 fn lossy_note(diff: &str, invalid: usize) -> String {
-    let files: Vec<String> = crate::diff::parse_unified(diff)
+    let files: Vec<String> = review_core::diff::parse_unified(diff)
         .unwrap_or_default()
         .iter()
         .filter(|file| file.path.contains('\u{FFFD}') || file.lines().any(|line| line.text.contains('\u{FFFD}')))

@@ -370,7 +370,7 @@ impl PauseLog {
         for lane in lanes {
             if let Some(pause) = lane.pause.current() {
                 let (provider, model) = (lane.provider.name(), lane.provider.model());
-                info!(provider, model, lane = lane.label(), code = %pause.code, paused_until = %crate::contract::rfc3339(pause.until), "the pause log says {provider} {model} ({}) is paused: {} (code {})", lane.label(), pause.reason, pause.code);
+                info!(provider, model, lane = lane.label(), code = %pause.code, paused_until = %review_core::contract::rfc3339(pause.until), "the pause log says {provider} {model} ({}) is paused: {} (code {})", lane.label(), pause.reason, pause.code);
             }
         }
         Ok(entries)
@@ -424,7 +424,7 @@ fn apply(lanes: &[Lane], entry: &Entry, log: bool) {
     match pause {
         Some(p) if p.needs_probe || p.until > Utc::now() => {
             if lane.pause.pause(p.clone()) && log {
-                info!(provider, model, lane = %lane_label, code = %p.code, paused_until = %crate::contract::rfc3339(p.until), "the leader paused {provider} {model} ({lane_label}): {} (code {})", p.reason, p.code);
+                info!(provider, model, lane = %lane_label, code = %p.code, paused_until = %review_core::contract::rfc3339(p.until), "the leader paused {provider} {model} ({lane_label}): {} (code {})", p.reason, p.code);
             }
         }
         Some(_) => {}

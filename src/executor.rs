@@ -16,11 +16,11 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use tracing::{error, info, warn};
 
-use crate::contract::Job;
 use crate::fate::Unfinished;
 use crate::limits::{AdaptiveLimit, Pause, PauseState};
 use crate::provider::{Action, ChatAnswer, Message, Provider, ProviderError};
 use crate::review::{self, Review, ReviewError};
+use review_core::contract::Job;
 
 /// After a quota answer without a usable reset time (none, or one already past), pause this
 /// long, then let one call find out.
@@ -309,7 +309,7 @@ impl Executor {
                 };
                 lane.limit.half_open();
                 if lane.pause.pause(pause) {
-                    let reset = reset_at.map_or_else(|| "unknown".to_owned(), crate::contract::rfc3339);
+                    let reset = reset_at.map_or_else(|| "unknown".to_owned(), review_core::contract::rfc3339);
                     let note = match judged {
                         ResetTime::Past => format!(
                             " (the reset time it gives, {reset}, is already past: a skewed clock or another date in the message; one call after the pause will tell)"
@@ -320,8 +320,8 @@ impl Executor {
                         ),
                         ResetTime::Missing | ResetTime::Ahead => String::new(),
                     };
-                    warn!(provider, model, code, window = window.as_str(), reset_at = %reset, paused_until = %crate::contract::rfc3339(until), lane = lane.label(),
-                        "{provider} {} quota exhausted (code {code}): pausing {} {model} until {}{note}", window.as_str(), lane.label(), crate::contract::rfc3339(until));
+                    warn!(provider, model, code, window = window.as_str(), reset_at = %reset, paused_until = %review_core::contract::rfc3339(until), lane = lane.label(),
+                        "{provider} {} quota exhausted (code {code}): pausing {} {model} until {}{note}", window.as_str(), lane.label(), review_core::contract::rfc3339(until));
                 }
             }
             Action::PauseAccount if error.invisible_to_probe() => {

@@ -13,11 +13,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::broker::{Envelope, headers};
-use crate::contract::FailureKind;
 use crate::limits::Pause;
 use crate::provider::Action;
 use crate::review::ReviewError;
 use crate::settings::ReviewSettings;
+use review_core::contract::FailureKind;
 
 /// A job that comes back this close to its not-before time is reviewed rather than sent round
 /// another tier: the shortest tier is 1 s.

@@ -58,7 +58,7 @@ pub(crate) fn readiness(status: &WorkerStatus, executor: &Executor) -> (bool, Va
         .filter_map(|lane| {
             lane.pause.current().map(|p| {
                 json!({"lane": lane.label(), "provider": lane.provider.name(), "model": lane.provider.model(), "code": p.code, "reason": p.reason,
-                       "paused_until": if p.needs_probe { Value::Null } else { json!(crate::contract::rfc3339(p.until)) },
+                       "paused_until": if p.needs_probe { Value::Null } else { json!(review_core::contract::rfc3339(p.until)) },
                        "waiting_for": if p.needs_probe { "a successful probe" } else { "the reset time" }})
             })
         })
@@ -73,7 +73,7 @@ pub(crate) fn readiness(status: &WorkerStatus, executor: &Executor) -> (bool, Va
                 "paused: {} (code {}) until {}",
                 p.reason,
                 p.code,
-                crate::contract::rfc3339(p.until)
+                review_core::contract::rfc3339(p.until)
             ),
             None => "paused".to_owned(),
         })

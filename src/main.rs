@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use review_worker::cli::{self, Cli, Command};
 use review_worker::settings::Settings;
-use review_worker::{app, shutdown, sim, telemetry};
+use review_worker::{app, shutdown, telemetry};
 
 #[tokio::main]
 #[allow(clippy::print_stdout, reason = "results are the commands' output")]
@@ -38,7 +38,7 @@ async fn main() -> ExitCode {
             }
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Sim(args) => sim::run(args.clone(), shutdown::signal())
+        Command::Sim(args) => zai_sim::run(args.clone(), shutdown::signal())
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Check => cli::check(&settings).await,

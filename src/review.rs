@@ -4,13 +4,14 @@
 
 use std::time::Duration;
 
-use crate::anchor::anchor;
-use crate::answer::{parse_answer, repair_instruction};
-use crate::context::{Fitted, build_ignore_set, context_window, estimate_tokens, fit};
-use crate::contract::{Job, Suggestion, Usage};
-use crate::diff::{FileDiff, from_job_files, parse_unified};
-use crate::prompt::build_messages;
-use crate::provider::{ChatAnswer, Message, ProviderError};
+use review_core::anchor::anchor;
+use review_core::answer::{parse_answer, repair_instruction};
+use review_core::chat::{ChatAnswer, Message};
+use review_core::classify::ProviderError;
+use review_core::context::{Fitted, build_ignore_set, context_window, estimate_tokens, fit};
+use review_core::contract::{Job, Suggestion, Usage};
+use review_core::diff::{FileDiff, from_job_files, parse_unified};
+use review_core::prompt::build_messages;
 
 /// A job ready to send: what fits the model's window, and the messages.
 #[derive(Debug)]
@@ -192,7 +193,7 @@ pub(crate) async fn run(job: &Job, prepared: Prepared<'_>, model: &impl ModelCal
     })
 }
 
-fn read(answer: &ChatAnswer) -> Result<crate::answer::ModelReview, crate::answer::AnswerError> {
+fn read(answer: &ChatAnswer) -> Result<review_core::answer::ModelReview, review_core::answer::AnswerError> {
     let tools: Vec<&str> = answer.tool_arguments.iter().map(String::as_str).collect();
     parse_answer(answer.content.as_deref(), &tools)
 }
@@ -221,7 +222,7 @@ async fn off_runtime<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::parse_job;
+    use review_core::contract::parse_job;
     use std::sync::Mutex;
 
     fn job() -> Job {

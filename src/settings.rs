@@ -109,7 +109,7 @@ fn describe(error: &config::ConfigError) -> String {
                 said.push_str(&message.join(" "));
             }
             said.push_str(" (the line is not shown, it may hold a secret; strings need quotes: key = \"value\")");
-            crate::contract::one_line(&said)
+            review_core::contract::one_line(&said)
         }
         ConfigError::Type {
             origin, expected, key, ..

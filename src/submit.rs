@@ -9,8 +9,8 @@ use lapin::BasicProperties;
 use serde_json::Value;
 
 use crate::broker::Broker;
-use crate::contract::ReviewResult;
 use crate::settings::BrokerSettings;
+use review_core::contract::ReviewResult;
 
 /// Publishes each job (file path, or `-` for stdin) with routing key `job.created`; with `wait`,
 /// returns the results in the order they arrive.

@@ -21,12 +21,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span, error, info, info_span, warn};
 
 use crate::broker::{Broker, Envelope, Refused};
-use crate::contract::{FailureKind, Job, RESULT_SCHEMA_ID, ReviewResult, Status, parse_job, rfc3339};
 use crate::coordination::Coordination;
 use crate::executor::{Completed, Executor};
 use crate::fate::{DeadKind, Event, Facts, Fate, decide};
 use crate::settings::ReviewSettings;
 use crate::status::{Role, WorkerStatus};
+use review_core::contract::{FailureKind, Job, RESULT_SCHEMA_ID, ReviewResult, Status, parse_job, rfc3339};
 
 /// Results reviewed but not confirmed by the broker (the connection dropped first, or the broker
 /// refused them), by job id: when the job is redelivered its result is published from here

@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::{WorkerProcess, World, header_str, job, json_properties};
-use review_worker::sim::SimArgs;
 use serde_json::{Value, json};
+use zai_sim::SimArgs;
 
 const WAIT: Duration = Duration::from_secs(60);
 const MIB: usize = 1024 * 1024;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{PrivateNode, WorkerProcess, World, eventually, job};
 use lapin::options::QueueDeleteOptions;
-use review_worker::sim::{SimArgs, SimHandle};
 use serde_json::Value;
+use zai_sim::{SimArgs, SimHandle};
 
 const WAIT: Duration = Duration::from_secs(60);
 const JOBS: usize = 4;

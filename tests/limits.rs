@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{World, job};
-use review_worker::sim::{Lang, SimArgs, SimHandle, SimKeys};
 use serde_json::Value;
+use zai_sim::{Lang, SimArgs, SimHandle, SimKeys};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -160,7 +160,7 @@ async fn a_key_for_the_other_endpoint_stops_the_worker_at_start_and_consumes_not
         (
             "1113",
             SimArgs {
-                mismatch_code: review_worker::sim::MismatchCode::InsufficientBalance,
+                mismatch_code: zai_sim::MismatchCode::InsufficientBalance,
                 ..Default::default()
             },
         ),

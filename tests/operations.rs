@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{PrivateNode, World, free_port, job};
-use review_worker::sim::{SimArgs, SimHandle, SimKeys};
+use zai_sim::{SimArgs, SimHandle, SimKeys};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -65,7 +65,7 @@ async fn check_maps_401_404_1113_and_unknown_models_to_advice_and_fails() {
     let mismatch = World::new(
         "check-1113",
         SimArgs {
-            mismatch_code: review_worker::sim::MismatchCode::InsufficientBalance,
+            mismatch_code: zai_sim::MismatchCode::InsufficientBalance,
             ..Default::default()
         },
     )
@@ -176,7 +176,7 @@ async fn sigterm_past_the_drain_timeout_returns_the_job_to_the_queue() {
         "the job is back in the queue, unacked work returned"
     );
     // Nothing is lost: the next worker reviews it.
-    world.sim.configure(review_worker::sim::SimConfig {
+    world.sim.configure(zai_sim::SimConfig {
         latency_ms: Some(0),
         ..Default::default()
     });

@@ -5,8 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::{World, header_str, job, json_properties};
-use review_worker::sim::SimArgs;
 use serde_json::json;
+use zai_sim::SimArgs;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 use common::{World, header_str, job};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use review_worker::sim::SimArgs;
 use serde_json::Value;
+use zai_sim::SimArgs;
 
 const WAIT: Duration = Duration::from_secs(60);
 

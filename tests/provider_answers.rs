@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::{WorkerProcess, World, job};
 use review_worker::broker::DELAY_TIERS;
-use review_worker::sim::{JunkShape, SimArgs, SimConfig};
 use serde_json::Value;
+use zai_sim::{JunkShape, SimArgs, SimConfig};
 
 const WAIT: Duration = Duration::from_secs(60);
 

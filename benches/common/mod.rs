@@ -147,7 +147,7 @@ pub(crate) fn machine() -> String {
 pub(crate) fn spawn_worker(
     bin: &std::path::Path,
     namespace: &str,
-    sim: &review_worker::sim::SimHandle,
+    sim: &zai_sim::SimHandle,
     concurrency: usize,
 ) -> tokio::process::Child {
     tokio::process::Command::new(bin)

@@ -10,7 +10,7 @@ use serde_json::{Map, json};
 
 use super::*;
 use crate::settings::{ProviderSettings, Thinking};
-use crate::sim::{SimArgs, SimConfig, SimHandle};
+use zai_sim::{SimArgs, SimConfig, SimHandle};
 
 fn lane_at(base: &str, cap: u32) -> Lane {
     let provider = Provider::new(&ProviderSettings {

@@ -14,10 +14,10 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use review_worker::broker::{Broker, DELAY_TIERS};
 use review_worker::settings::{Settings, Topology};
-use review_worker::sim::{SimArgs, SimHandle};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use zai_sim::{SimArgs, SimHandle};
 
 pub fn amqp_uri() -> String {
     std::env::var("API_RABBITMQ_URI").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())

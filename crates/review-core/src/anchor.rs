@@ -16,7 +16,7 @@ use crate::diff::{FileDiff, LineKind};
 
 /// The suggestions that made it, with counts for logs and metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Anchored {
+pub struct Anchored {
     /// Most severe first.
     pub suggestions: Vec<Suggestion>,
     /// Raw suggestions not in `suggestions`, for any reason: unknown file, no changed line near,
@@ -32,7 +32,7 @@ pub(crate) struct Anchored {
 const NEAR_LINES: i64 = 3;
 
 /// Anchors `raw` to the changed lines of `files` and applies `options`' severity floor and limit.
-pub(crate) fn anchor(raw: Vec<RawSuggestion>, files: &[FileDiff<'_>], options: &ReviewOptions) -> Anchored {
+pub fn anchor(raw: Vec<RawSuggestion>, files: &[FileDiff<'_>], options: &ReviewOptions) -> Anchored {
     let total = raw.len();
     let added: Vec<AddedLines<'_>> = files.iter().map(AddedLines::of).collect();
     let index = FileIndex::of(files);

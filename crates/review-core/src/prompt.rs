@@ -1,10 +1,10 @@
 //! The review request: a system message that fixes the answer's shape (the contract's §6) and a
 //! user message with the PR and its diff, each line numbered in the new file's numbering.
 
+use crate::chat::Message;
 use crate::context::Fitted;
 use crate::contract::Job;
 use crate::diff::render_into;
-use crate::provider::Message;
 
 const SYSTEM: &str = "You are a meticulous senior code reviewer. Review the pull request diff \
 you are given and report real problems: bugs, security issues, performance problems, \
@@ -39,7 +39,7 @@ fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 }
 
 /// Builds the messages for one review.
-pub(crate) fn build_messages(job: &Job, fitted: &Fitted<'_>) -> Vec<Message> {
+pub fn build_messages(job: &Job, fitted: &Fitted<'_>) -> Vec<Message> {
     let mut system = SYSTEM.to_owned();
     if let Some(language) = job.options.language.as_deref().filter(|l| !l.trim().is_empty()) {
         let language = bounded(language, MAX_LINE_CHARS);
@@ -87,7 +87,7 @@ mod tests {
 
     #[test]
     fn the_prompt_carries_the_title_body_rules_and_numbered_diff() {
-        let mut job = parse_job(include_bytes!("../docs/contract/examples/job.json"), 1 << 20).unwrap();
+        let mut job = parse_job(include_bytes!("../../../docs/contract/examples/job.json"), 1 << 20).unwrap();
         job.options.instructions = Some("Never allow unwrap() in handlers.".into());
         let files = crate::diff::parse_unified(&job.diff).unwrap();
         let fitted = crate::context::fit(files, &globset::GlobSet::empty(), 100_000);

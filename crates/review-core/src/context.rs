@@ -29,7 +29,7 @@ use crate::diff::{FileDiff, FileStatus, TextSize, header_size, hunk_size, render
 /// Over-estimating costs a job (the provider rejects the request as too long:
 /// `provider_rejected`), under-estimating only leaves a few more files out, so the lower figure
 /// wins.
-pub(crate) fn context_window(model: &str) -> u32 {
+pub fn context_window(model: &str) -> u32 {
     // Longest prefixes first: several names are prefixes of others.
     const WINDOWS: &[(&str, u32)] = &[
         ("glm-5-turbo", 200_000),
@@ -61,7 +61,7 @@ pub(crate) fn context_window(model: &str) -> u32 {
 /// GLM's tokenizer averages closer to four characters per token on English and code, and about
 /// one token per CJK character or so. Guessing high only leaves a little of the window unused;
 /// guessing low sends a request the provider rejects as too long, which fails the job.
-pub(crate) fn estimate_tokens(text: &str) -> usize {
+pub fn estimate_tokens(text: &str) -> usize {
     tokens(TextSize::of(text))
 }
 
@@ -191,7 +191,7 @@ fn says_generated(file: &FileDiff<'_>) -> bool {
 /// Why the job's `ignore_paths` cannot be used; the job is then `invalid_job`. A pattern is
 /// quoted cut to a few dozen characters: the message goes into logs and a broker header.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum ContextError {
+pub enum ContextError {
     #[error("ignore_paths: {pattern:?} is not a valid glob: {reason}")]
     BadGlob { pattern: String, reason: String },
     #[error("ignore_paths: the patterns together are too complex: {reason}")]
@@ -207,7 +207,7 @@ pub(crate) enum ContextError {
 /// - `*` and `?` stay within one path segment, `**` crosses segments, `{a,b}` and `[ab]` work.
 ///
 /// Empty patterns are ignored. Matching is case-sensitive, like git's.
-pub(crate) fn build_ignore_set(patterns: &[impl AsRef<str>]) -> Result<GlobSet, ContextError> {
+pub fn build_ignore_set(patterns: &[impl AsRef<str>]) -> Result<GlobSet, ContextError> {
     let mut builder = GlobSetBuilder::new();
     for pattern in patterns {
         let pattern = pattern.as_ref();
@@ -240,7 +240,7 @@ pub(crate) fn build_ignore_set(patterns: &[impl AsRef<str>]) -> Result<GlobSet, 
 
 /// What goes into the prompt.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Fitted<'a> {
+pub struct Fitted<'a> {
     /// In rank order, some possibly cut to their leading hunks.
     pub files: Vec<FileDiff<'a>>,
     /// Paths left out entirely: first the files [`skip_reason`] rejects (input order), then those
@@ -261,7 +261,7 @@ pub(crate) struct Fitted<'a> {
 /// a class more added lines first; ties by path) and taken in that order while their rendering
 /// fits. A file that does not fit whole keeps its leading hunks that do (hunks are never split);
 /// a file of which no hunk fits is left out. Later, smaller files still get their chance.
-pub(crate) fn fit<'a>(files: Vec<FileDiff<'a>>, ignore: &GlobSet, budget_tokens: usize) -> Fitted<'a> {
+pub fn fit<'a>(files: Vec<FileDiff<'a>>, ignore: &GlobSet, budget_tokens: usize) -> Fitted<'a> {
     let mut fitted = Fitted::default();
     let mut candidates = Vec::with_capacity(files.len());
     for file in files {

@@ -24,7 +24,7 @@ use super::{FileStatusHint, JOB_SCHEMA_ID, Job, JobFile, PullRequest, Repository
 pub(crate) const MAX_ID_BYTES: usize = 128;
 /// `files` entries (the schema's `maxItems`). Each costs a few hundred bytes once parsed, and no
 /// forge produces more: GitHub lists at most 3,000 files for a pull request.
-pub(crate) const MAX_FILES: usize = 20_000;
+pub const MAX_FILES: usize = 20_000;
 /// `options.ignore_paths` entries and their length in characters (the schema's `maxItems` and
 /// `maxLength`): every pattern compiles into the matcher, so these bound its size.
 pub(crate) const MAX_IGNORE_PATHS: usize = 1_000;
@@ -33,7 +33,7 @@ pub(crate) const MAX_PATTERN_CHARS: usize = 1_024;
 /// Why a message body is not a job we can review. The texts are short and quote nothing from the
 /// body.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum InvalidJob {
+pub enum InvalidJob {
     #[error("job body is {size} bytes, more than the {limit} bytes allowed (API_REVIEW_MAX_JOB_BYTES)")]
     TooLarge { size: usize, limit: usize },
     #[error("job body is not UTF-8: {0}")]
@@ -46,7 +46,7 @@ pub(crate) enum InvalidJob {
 
 /// Parses and validates a job body. On failure, also returns the `job_id` when one can be read and
 /// is one the broker can carry, so that the producer still hears about its job.
-pub(crate) fn parse_job(body: &[u8], max_bytes: usize) -> Result<Job, (InvalidJob, Option<String>)> {
+pub fn parse_job(body: &[u8], max_bytes: usize) -> Result<Job, (InvalidJob, Option<String>)> {
     if body.len() > max_bytes {
         // Too large to parse safely; a cheap scan may still find the id near the start.
         return Err((
@@ -620,12 +620,12 @@ mod tests {
     use serde_json::{Value, json};
     use std::sync::LazyLock;
 
-    const EXAMPLE_JOB: &str = include_str!("../../docs/contract/examples/job.json");
+    const EXAMPLE_JOB: &str = include_str!("../../../../docs/contract/examples/job.json");
 
     /// The schema the code must agree with, compiled as a producer's validator would.
     static SCHEMA: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
         let schema: Value =
-            serde_json::from_str(include_str!("../../docs/contract/review-job.v1.schema.json")).unwrap();
+            serde_json::from_str(include_str!("../../../../docs/contract/review-job.v1.schema.json")).unwrap();
         jsonschema::options()
             .with_draft(jsonschema::Draft::Draft202012)
             .build(&schema)

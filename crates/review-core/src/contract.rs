@@ -13,12 +13,10 @@ mod parse;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-#[cfg(test)]
-pub(crate) use parse::InvalidJob;
-pub(crate) use parse::{MAX_FILES, parse_job};
+pub use parse::{InvalidJob, MAX_FILES, parse_job};
 
 pub(crate) const JOB_SCHEMA_ID: &str = "review-job/v1";
-pub(crate) const RESULT_SCHEMA_ID: &str = "review-result/v1";
+pub const RESULT_SCHEMA_ID: &str = "review-result/v1";
 
 /// A PR-review job as the producer publishes it (`review-job.v1.schema.json`), valid by
 /// construction when it comes from [`parse_job`]. It owns its texts (an async fn cannot name a
@@ -254,12 +252,12 @@ impl ReviewResult {
 }
 
 /// Timestamps in results are RFC 3339 in UTC with second precision, like the contract's example.
-pub(crate) fn rfc3339(at: DateTime<Utc>) -> String {
+pub fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 /// Error texts go into a header and a JSON field that operators read line by line.
-pub(crate) fn one_line(text: &str) -> String {
+pub fn one_line(text: &str) -> String {
     let mut line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if line.len() > 1000 {
         let mut cut = 1000;
@@ -276,7 +274,7 @@ pub(crate) fn one_line(text: &str) -> String {
 mod tests {
     use super::*;
 
-    const EXAMPLE_JOB: &str = include_str!("../docs/contract/examples/job.json");
+    const EXAMPLE_JOB: &str = include_str!("../../../docs/contract/examples/job.json");
 
     #[test]
     fn the_contract_example_job_parses() {

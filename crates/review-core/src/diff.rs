@@ -16,7 +16,7 @@ use crate::contract::{FileStatusHint, JobFile, MAX_FILES};
 
 /// Why a diff could not be read. Each means the job is unusable (`invalid_job`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum DiffError {
+pub enum DiffError {
     #[error("the diff has no file sections (no `diff --git` or `---`/`+++` headers)")]
     NoFiles,
     /// `line` is cut to a few dozen characters: it may be a megabyte of junk.
@@ -28,7 +28,7 @@ pub(crate) enum DiffError {
 
 /// What happened to a file in the PR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FileStatus {
+pub enum FileStatus {
     Added,
     Modified,
     Removed,
@@ -47,7 +47,7 @@ impl FileStatus {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LineKind {
+pub enum LineKind {
     Context,
     Added,
     Removed,
@@ -55,7 +55,7 @@ pub(crate) enum LineKind {
 
 /// One line of a hunk, without its `+`/`-`/` ` marker and without a trailing `\r`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct DiffLine<'a> {
+pub struct DiffLine<'a> {
     pub kind: LineKind,
     pub text: &'a str,
     /// Line number in the new file (context and added lines).
@@ -68,14 +68,14 @@ pub(crate) struct DiffLine<'a> {
 /// are read from that text when asked, so a hunk costs 16 bytes whatever its size: a 15 MiB diff
 /// of one-line hunks holds half a million of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Hunk<'a> {
+pub struct Hunk<'a> {
     /// The `@@` line, then the hunk's lines as the diff has them (markers, line ends and
     /// `\ No newline at end of file` notes included): exactly the lines its counts describe.
     text: &'a str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct FileDiff<'a> {
+pub struct FileDiff<'a> {
     /// Path in the new tree (for a removed file, the old path).
     pub path: Cow<'a, str>,
     /// Path before a rename.
@@ -98,7 +98,7 @@ impl<'a> FileDiff<'a> {
             .collect()
     }
 
-    pub(crate) fn added_line_count(&self) -> usize {
+    pub fn added_line_count(&self) -> usize {
         self.count_lines(LineKind::Added)
     }
 
@@ -107,7 +107,7 @@ impl<'a> FileDiff<'a> {
     }
 
     /// Every line of every hunk, in order.
-    pub(crate) fn lines(&self) -> impl Iterator<Item = DiffLine<'a>> + '_ {
+    pub fn lines(&self) -> impl Iterator<Item = DiffLine<'a>> + '_ {
         self.hunks.iter().flat_map(Hunk::lines)
     }
 }
@@ -376,7 +376,7 @@ pub(crate) fn rendered_size(file: &FileDiff<'_>) -> TextSize {
 /// become one file with the hunks of all of them: suggestions on a later commit's lines anchor
 /// too. The line numbers are each section's own; the union is what a reviewer of the series
 /// sees as changed.
-pub(crate) fn parse_unified(text: &str) -> Result<Vec<FileDiff<'_>>, DiffError> {
+pub fn parse_unified(text: &str) -> Result<Vec<FileDiff<'_>>, DiffError> {
     let mut cursor = Cursor {
         text,
         at: 0,
@@ -442,7 +442,7 @@ pub(crate) fn parse_unified(text: &str) -> Result<Vec<FileDiff<'_>>, DiffError> 
 /// from `path` makes it a rename; without a hint, a lone `@@ -0,0` hunk means added and a lone
 /// `+0,0` hunk means removed, anything else modified. Entries of the same path are merged as in
 /// [`parse_unified`].
-pub(crate) fn from_job_files(entries: &[JobFile]) -> Result<Vec<FileDiff<'_>>, DiffError> {
+pub fn from_job_files(entries: &[JobFile]) -> Result<Vec<FileDiff<'_>>, DiffError> {
     let mut files = Files::default();
     for entry in entries {
         files.add(from_job_file(entry)?)?;

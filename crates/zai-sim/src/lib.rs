@@ -200,7 +200,7 @@ fn error_code(s: &str) -> Result<u16, String> {
     }
 }
 
-/// Options of `review-worker sim`.
+/// Options of the simulator (`zai-sim`, or `review-worker sim`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct SimArgs {
     #[arg(long, env = "SIM_LISTEN", default_value = DEFAULT_LISTEN,

@@ -15,7 +15,7 @@ use crate::contract::Severity;
 
 /// One suggestion as the model gave it, before it is checked against the diff.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RawSuggestion {
+pub struct RawSuggestion {
     pub file: String,
     pub line_start: i64,
     pub line_end: Option<i64>,
@@ -29,7 +29,7 @@ pub(crate) struct RawSuggestion {
 
 /// What the model answered, read leniently.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct ModelReview {
+pub struct ModelReview {
     pub summary: Option<String>,
     pub suggestions: Vec<RawSuggestion>,
     /// Suggestions left out because they lacked a file, a line or a body.
@@ -38,7 +38,7 @@ pub(crate) struct ModelReview {
 
 /// Why an answer could not be read as a review.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum AnswerError {
+pub enum AnswerError {
     #[error("the model answered nothing: no content and no tool call")]
     Empty,
     #[error("the model's answer contains no JSON: \"{excerpt}\"")]
@@ -74,7 +74,7 @@ const EXCERPT_CHARS: usize = 200;
 ///
 /// Tool-call arguments win when one of them holds a review; otherwise the content is read. An
 /// answer with neither content nor tool call is [`AnswerError::Empty`].
-pub(crate) fn parse_answer(content: Option<&str>, tool_call_arguments: &[&str]) -> Result<ModelReview, AnswerError> {
+pub fn parse_answer(content: Option<&str>, tool_call_arguments: &[&str]) -> Result<ModelReview, AnswerError> {
     let mut tool_error = None;
     for arguments in tool_call_arguments.iter().filter(|a| !a.trim().is_empty()) {
         match review_in_text(arguments) {
@@ -99,7 +99,7 @@ pub(crate) fn parse_answer(content: Option<&str>, tool_call_arguments: &[&str]) 
 }
 
 /// The follow-up user message for the one repair attempt after `error`.
-pub(crate) fn repair_instruction(error: &AnswerError) -> String {
+pub fn repair_instruction(error: &AnswerError) -> String {
     let problem = match error {
         AnswerError::Empty => "Your previous answer was empty.",
         AnswerError::NoJson { .. } => "Your previous answer contained no JSON object.",
@@ -1153,7 +1153,7 @@ mod tests {
     #[test]
     fn the_shape_in_the_repair_instruction_matches_the_schema_and_is_readable() {
         let schema: Value =
-            serde_json::from_str(include_str!("../docs/contract/llm-review-output.v1.schema.json")).unwrap();
+            serde_json::from_str(include_str!("../../../docs/contract/llm-review-output.v1.schema.json")).unwrap();
         let shape: Value = serde_json::from_str(REVIEW_SHAPE).unwrap();
         assert!(jsonschema::is_valid(&schema, &shape));
         let review = parse(REVIEW_SHAPE);

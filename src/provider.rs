@@ -1,64 +1,23 @@
 //! The OpenAI-compatible provider client: `POST {base}/chat/completions` and the cheap
 //! `GET {base}/models` probe. It turns every failure into a classified [`ProviderError`]
-//! (see `error.rs`) and never lets the API key reach a log line or an error message.
-
-pub(crate) mod error;
+//! (see `review_core::classify`) and never lets the API key reach a log line or an error message.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::{StatusCode, Url};
 use secrecy::ExposeSecret;
-use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-pub(crate) use error::{Action, ProviderError, QuotaWindow};
+pub(crate) use review_core::chat::{ChatAnswer, Message};
+pub(crate) use review_core::classify::{Action, ProviderError, QuotaWindow};
 
 /// The largest answer body read. A review answer is tens of kilobytes, and even a model's whole
 /// output window (~128k tokens) is well under this; anything larger is refused as transient.
 pub(crate) const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-use crate::contract::Usage;
 use crate::settings::{ProviderSettings, Thinking};
-
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Message {
-    pub role: &'static str,
-    pub content: String,
-}
-
-impl Message {
-    pub fn system(content: impl Into<String>) -> Self {
-        Self {
-            role: "system",
-            content: content.into(),
-        }
-    }
-    pub fn user(content: impl Into<String>) -> Self {
-        Self {
-            role: "user",
-            content: content.into(),
-        }
-    }
-    pub fn assistant(content: impl Into<String>) -> Self {
-        Self {
-            role: "assistant",
-            content: content.into(),
-        }
-    }
-}
-
-/// What the model answered.
-#[derive(Debug, Clone)]
-pub struct ChatAnswer {
-    pub content: Option<String>,
-    /// `tool_calls[].function.arguments`, for models that answer through a tool call.
-    pub tool_arguments: Vec<String>,
-    pub finish_reason: Option<String>,
-    pub usage: Usage,
-    pub latency: Duration,
-}
+use review_core::contract::Usage;
 
 /// A provider the worker can call; cheap to clone.
 #[derive(Debug, Clone)]

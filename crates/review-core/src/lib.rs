@@ -1,0 +1,25 @@
+//! review-core: the pure review pipeline. Everything here is a function of its inputs: no
+//! network, no broker, no async runtime, no clock but the one passed in. The worker runs it
+//! under its limits; the simulator reads the prompt format it renders.
+//!
+//! # Layout
+//! - [`contract`]: job and result messages; `contract::parse` reads a job into typed structs and
+//!   checks the schema's rules in code, in bounded memory.
+//! - [`diff`]: unified diffs into files, hunks and new-file line numbers; the prompt's diff
+//!   rendering, and its reading back (`diff::rendered`).
+//! - [`context`]: what fits the model's context window; skipped files; ranking.
+//! - [`prompt`]: the review request.
+//! - [`chat`]: what one chat call sends and gets back (`Message`, `ChatAnswer`).
+//! - [`classify`]: every Z.AI answer into a [`classify::ProviderError`] class: where a 1308
+//!   becomes "pause until the reset", a 1302 "halve the cap".
+//! - [`answer`]: reading the model's answer in every shape models use, in time linear in its size.
+//! - [`anchor`]: pinning suggestions to changed lines; severity and count filters.
+
+pub mod anchor;
+pub mod answer;
+pub mod chat;
+pub mod classify;
+pub mod context;
+pub mod contract;
+pub mod diff;
+pub mod prompt;
