@@ -7,6 +7,11 @@
 //! backoff and jitter; concurrency and rate answers (1302, 1303, 1305, 1312) retry the same way
 //! without costing the job an attempt, and a 1302 halves the lane's limit. Quota windows and
 //! account problems pause the lane; the job waits (or moves to the fallback lane).
+//!
+//! Reading which lane is active, or whether a lane is paused, changes nothing. State moves in two
+//! places only: the call path ([`Executor::review`] switches lanes and logs the switch; provider
+//! answers start pauses; probes end account pauses) and one timer task per lane that ends
+//! time-bound pauses when they run out and logs it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -14,6 +19,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
+use tokio::task::AbortHandle;
 use tracing::{error, info, warn};
 
 use crate::fate::Unfinished;
@@ -38,17 +44,17 @@ pub(crate) const MAX_PROBE_DELAY: Duration = Duration::from_secs(300);
 
 /// One provider with its limits.
 #[derive(Debug, Clone)]
-pub struct Lane {
-    pub provider: Provider,
-    pub limit: AdaptiveLimit,
-    pub pause: PauseState,
-    pub is_fallback: bool,
+pub(crate) struct Lane {
+    pub(crate) provider: Provider,
+    pub(crate) limit: AdaptiveLimit,
+    pub(crate) pause: PauseState,
+    pub(crate) is_fallback: bool,
     /// Account problems since the last successful call: each doubles the next pause.
     strikes: Arc<AtomicU32>,
 }
 
 impl Lane {
-    pub fn new(provider: Provider, cap: u32, is_fallback: bool) -> Self {
+    pub(crate) fn new(provider: Provider, cap: u32, is_fallback: bool) -> Self {
         Self {
             provider,
             limit: AdaptiveLimit::new(cap),
@@ -61,10 +67,12 @@ impl Lane {
     /// 5 s, 10 s, 20 s … up to 5 minutes, by the account problems seen in a row.
     fn account_backoff(&self) -> Duration {
         let strikes = self.strikes.fetch_add(1, Ordering::Relaxed).min(6);
-        (FIRST_PROBE_DELAY * (1 << strikes)).min(MAX_PROBE_DELAY)
+        FIRST_PROBE_DELAY
+            .saturating_mul(2u32.saturating_pow(strikes))
+            .min(MAX_PROBE_DELAY)
     }
 
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         if self.is_fallback { "fallback" } else { "main" }
     }
 }
@@ -86,11 +94,20 @@ enum ResetTime {
 /// reviews for good.
 fn quota_pause_end(reset_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> (DateTime<Utc>, ResetTime) {
     match reset_at {
-        None => (now + QUOTA_PAUSE_WITHOUT_TIME, ResetTime::Missing),
-        Some(at) if at <= now => (now + QUOTA_PAUSE_WITHOUT_TIME, ResetTime::Past),
-        Some(at) if at > now + MAX_QUOTA_PAUSE => (now + MAX_QUOTA_PAUSE, ResetTime::TooFar),
-        Some(at) => (at + RESET_MARGIN, ResetTime::Ahead),
+        None => (later(now, QUOTA_PAUSE_WITHOUT_TIME), ResetTime::Missing),
+        Some(at) if at <= now => (later(now, QUOTA_PAUSE_WITHOUT_TIME), ResetTime::Past),
+        Some(at) if at > later(now, MAX_QUOTA_PAUSE) => (later(now, MAX_QUOTA_PAUSE), ResetTime::TooFar),
+        Some(at) => (later(at, RESET_MARGIN), ResetTime::Ahead),
     }
+}
+
+/// `at` plus `wait`; the end of chrono's time rather than an overflow (a reset time in the
+/// provider's message is read from text, and the clock could be anything).
+fn later(at: DateTime<Utc>, wait: Duration) -> DateTime<Utc> {
+    chrono::TimeDelta::from_std(wait)
+        .ok()
+        .and_then(|wait| at.checked_add_signed(wait))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 #[cfg(test)]
@@ -103,46 +120,102 @@ struct LaneCall<'a> {
 }
 
 impl review::ModelCall for LaneCall<'_> {
-    fn call(&self, messages: &[Message]) -> impl Future<Output = Result<ChatAnswer, ProviderError>> + Send {
+    type Error = CallError;
+
+    fn call(&self, messages: &[Message]) -> impl Future<Output = Result<ChatAnswer, CallError>> + Send {
         self.executor.call(self.lane, messages)
+    }
+}
+
+/// Why a call on a lane brought no answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CallError {
+    /// The lane paused while this call waited for a slot (another call ran into a quota window
+    /// or an account problem): it was not made, since it would have been wasted.
+    #[error("the {lane} lane is paused ({}, code {})", .pause.reason, .pause.code)]
+    LanePaused { lane: &'static str, pause: Pause },
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+}
+
+impl CallError {
+    /// Whether the lane is paused now because of this call or another.
+    fn paused_the_lane(&self) -> bool {
+        match self {
+            Self::LanePaused { .. } => true,
+            Self::Provider(e) => matches!(e.action(), Action::PauseUntilReset | Action::PauseAccount),
+        }
     }
 }
 
 /// A finished review and who made it.
 #[derive(Debug)]
-pub struct Completed {
-    pub review: Review,
-    pub provider: String,
-    pub model: String,
-    pub used_fallback: bool,
+pub(crate) struct Completed {
+    pub(crate) review: Review,
+    pub(crate) provider: String,
+    pub(crate) model: String,
+    pub(crate) used_fallback: bool,
 }
 
 #[derive(Debug, Clone)]
-pub struct Executor {
-    pub main: Lane,
-    pub fallback: Option<Lane>,
+pub(crate) struct Executor {
+    pub(crate) main: Lane,
+    pub(crate) fallback: Option<Lane>,
     /// Which lane the last job went to, so that switches are logged once each way.
     on_fallback: Arc<AtomicBool>,
+    /// The lanes' pause timers, stopped when the last clone of the executor goes.
+    _timers: Arc<PauseTimers>,
+}
+
+/// Aborts the pause timers on drop (they hold the lanes, so they would never end otherwise).
+#[derive(Debug)]
+struct PauseTimers(Vec<AbortHandle>);
+
+impl Drop for PauseTimers {
+    fn drop(&mut self) {
+        self.0.iter().for_each(AbortHandle::abort);
+    }
 }
 
 impl Executor {
-    pub fn new(main: Lane, fallback: Option<Lane>) -> Self {
+    /// Starts a timer task per lane that ends its time-bound pauses.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub(crate) fn new(main: Lane, fallback: Option<Lane>) -> Self {
+        let timers = std::iter::once(&main)
+            .chain(fallback.as_ref())
+            .map(|lane| tokio::spawn(end_pauses_on_time(lane.clone())).abort_handle())
+            .collect();
         Self {
             main,
             fallback,
             on_fallback: Arc::default(),
+            _timers: Arc::new(PauseTimers(timers)),
         }
     }
 
-    /// The lane to use now: main unless it is paused and a usable fallback exists.
-    pub fn active_lane(&self) -> Result<&Lane, Pause> {
-        let lane = match self.main.pause.current() {
-            None => &self.main,
+    /// The lane a job would go to now: main unless it is paused and a usable fallback exists.
+    /// Only reads; the switch itself happens (and is logged) in [`Self::review`].
+    pub(crate) fn active_lane(&self) -> Result<&Lane, Pause> {
+        match self.main.pause.current() {
+            None => Ok(&self.main),
             Some(pause) => match &self.fallback {
-                Some(fallback) if fallback.pause.current().is_none() => fallback,
-                _ => return Err(pause),
+                Some(fallback) if fallback.pause.current().is_none() => Ok(fallback),
+                _ => Err(pause),
             },
-        };
+        }
+    }
+
+    /// Whether any lane can take a job now. Only reads.
+    pub(crate) fn usable(&self) -> bool {
+        self.active_lane().is_ok()
+    }
+
+    /// The active lane for a job about to be reviewed; logs a switch between main and fallback,
+    /// once each way.
+    fn lane_for_job(&self) -> Result<&Lane, Pause> {
+        let lane = self.active_lane()?;
         if self.on_fallback.swap(lane.is_fallback, Ordering::Relaxed) != lane.is_fallback {
             let (main, fallback) = (&self.main.provider, &lane.provider);
             if lane.is_fallback {
@@ -174,13 +247,8 @@ impl Executor {
         Ok(lane)
     }
 
-    /// Whether any lane can take a job now.
-    pub fn usable(&self) -> bool {
-        self.active_lane().is_ok()
-    }
-
     /// The lanes, main first.
-    pub fn lanes(&self) -> impl Iterator<Item = &Lane> {
+    pub(crate) fn lanes(&self) -> impl Iterator<Item = &Lane> {
         std::iter::once(&self.main).chain(self.fallback.as_ref())
     }
 
@@ -197,13 +265,13 @@ impl Executor {
 
     /// Reviews one job on whichever lane is usable. What a review that stopped short means for
     /// the job is not decided here but in [`crate::fate::decide`].
-    pub async fn review(&self, job: &Job) -> Result<Completed, Unfinished> {
+    pub(crate) async fn review(&self, job: &Job) -> Result<Completed, Unfinished> {
         // Two rounds at most: main, then the fallback if main paused during the first.
         let mut first_round = true;
         loop {
-            let lane = self.active_lane().map_err(Unfinished::Paused)?;
+            let lane = self.lane_for_job().map_err(Unfinished::Paused)?;
             let prepared = review::prepare(job, lane.provider.model())?;
-            match review::run(job, prepared, &LaneCall { executor: self, lane }).await {
+            let error = match review::run(job, prepared, &LaneCall { executor: self, lane }).await {
                 Ok(review) => {
                     return Ok(Completed {
                         review,
@@ -212,25 +280,33 @@ impl Executor {
                         used_fallback: lane.is_fallback,
                     });
                 }
-                // The lane is paused now; another round takes the fallback if there is one.
-                Err(ReviewError::Provider(e))
-                    if first_round && matches!(e.action(), Action::PauseUntilReset | Action::PauseAccount) =>
-                {
-                    first_round = false;
-                }
-                Err(other) => return Err(other.into()),
+                Err(error) => error,
+            };
+            // The lane is paused now; another round takes the fallback if there is one.
+            if first_round && matches!(&error, ReviewError::Provider(e) if e.paused_the_lane()) {
+                first_round = false;
+                continue;
             }
+            return Err(match error {
+                ReviewError::Provider(CallError::LanePaused { pause, .. }) => Unfinished::Paused(pause),
+                ReviewError::Provider(CallError::Provider(e)) => ReviewError::Provider(e).into(),
+                ReviewError::InvalidJob(message) => ReviewError::InvalidJob(message).into(),
+                ReviewError::BadModelOutput { message, usage } => ReviewError::BadModelOutput { message, usage }.into(),
+            });
         }
     }
 
     /// One model call under the lane's limit, with local retries for what is worth retrying.
-    async fn call(&self, lane: &Lane, messages: &[Message]) -> Result<ChatAnswer, ProviderError> {
+    async fn call(&self, lane: &Lane, messages: &[Message]) -> Result<ChatAnswer, CallError> {
         let attempt = async || {
             let slot = lane.limit.acquire().await;
             // Checked after the wait for a slot: another task may have hit the window meanwhile,
             // and a call into it would be wasted.
             if let Some(pause) = lane.pause.current() {
-                return Err(paused_error(&pause));
+                return Err(CallError::LanePaused {
+                    lane: lane.label(),
+                    pause,
+                });
             }
             let result = lane.provider.chat(messages).await;
             drop(slot);
@@ -242,7 +318,7 @@ impl Executor {
                 }
                 Err(error) => self.on_error(lane, error),
             }
-            result
+            Ok(result?)
         };
         attempt
             .retry(
@@ -252,13 +328,17 @@ impl Executor {
                     .with_max_times(4)
                     .with_jitter(),
             )
-            .when(|e: &ProviderError| matches!(e.action(), Action::Retry | Action::RetrySoon { .. }))
-            .notify(|e: &ProviderError, after: Duration| {
+            .when(|e: &CallError| {
+                matches!(e, CallError::Provider(e) if matches!(e.action(), Action::Retry | Action::RetrySoon { .. }))
+            })
+            .notify(|e: &CallError, after: Duration| {
+                // Only provider errors are retried.
+                let CallError::Provider(e) = e else { return };
                 warn!(
                     provider = lane.provider.name(),
                     model = lane.provider.model(),
                     code = e.code().as_deref().unwrap_or("-"),
-                    retry_in_ms = after.as_millis() as u64,
+                    retry_in_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
                     "provider call failed ({}), retrying: {e}",
                     e.meaning()
                 );
@@ -334,7 +414,7 @@ impl Executor {
                 // the pause ends by the clock instead, and the next call is the probe.
                 let delay = lane.account_backoff();
                 let pause = Pause {
-                    until: Utc::now() + delay,
+                    until: later(Utc::now(), delay),
                     code: code.clone(),
                     reason: error.meaning().to_owned(),
                     needs_probe: false,
@@ -357,7 +437,7 @@ impl Executor {
             }
             Action::PauseAccount => {
                 let pause = Pause {
-                    until: Utc::now() + FIRST_PROBE_DELAY,
+                    until: later(Utc::now(), FIRST_PROBE_DELAY),
                     code: code.clone(),
                     reason: error.meaning().to_owned(),
                     needs_probe: true,
@@ -395,14 +475,14 @@ impl Executor {
 
     /// Re-probes lanes paused for an account problem whose next probe is due; resumes a lane
     /// whose probe succeeds. Returns how many lanes are still waiting for a probe.
-    pub async fn probe_paused(&self) -> usize {
-        let mut waiting = 0;
+    pub(crate) async fn probe_paused(&self) -> usize {
+        let mut waiting: usize = 0;
         for lane in self.lanes() {
             let Some(pause) = lane.pause.current().filter(|p| p.needs_probe) else {
                 continue;
             };
             if pause.until > Utc::now() {
-                waiting += 1;
+                waiting = waiting.saturating_add(1);
                 continue;
             }
             let (name, model) = (lane.provider.name(), lane.provider.model());
@@ -419,7 +499,7 @@ impl Executor {
                 Err(error) => {
                     let delay = lane.account_backoff();
                     lane.pause.pause(Pause {
-                        until: Utc::now() + delay,
+                        until: later(Utc::now(), delay),
                         ..pause
                     });
                     warn!(
@@ -430,7 +510,7 @@ impl Executor {
                         "{name} still unusable ({}): {error}",
                         error.meaning()
                     );
-                    waiting += 1;
+                    waiting = waiting.saturating_add(1);
                 }
             }
         }
@@ -438,20 +518,50 @@ impl Executor {
     }
 }
 
-fn paused_error(pause: &Pause) -> ProviderError {
-    if pause.needs_probe {
-        ProviderError::Account {
-            status: 0,
-            code: Some(pause.code.clone()),
-            message: pause.reason.clone(),
-            advice: "paused",
+/// Ends each time-bound pause of `lane` when it runs out: the one place such a pause ends, so
+/// that its end is logged, and (on the leader, through the pause log) announced, exactly once,
+/// however often the pause is read meanwhile. Account pauses end by a probe instead.
+async fn end_pauses_on_time(lane: Lane) {
+    let mut changes = lane.pause.subscribe();
+    loop {
+        let pause = changes.borrow_and_update().clone().filter(|p| !p.needs_probe);
+        let runs_out = async {
+            match &pause {
+                Some(p) => {
+                    let left = p.until.signed_duration_since(Utc::now()).to_std().unwrap_or_default();
+                    tokio::time::sleep(left).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = runs_out => {
+                if let Some(pause) = &pause {
+                    end_pause(&lane, pause);
+                }
+            }
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
         }
-    } else {
-        ProviderError::QuotaExhausted {
-            code: pause.code.clone(),
-            window: crate::provider::QuotaWindow::Other,
-            reset_at: Some(pause.until),
-            message: pause.reason.clone(),
-        }
+    }
+}
+
+/// Ends `pause` on `lane` if it is still the one set, and says so.
+fn end_pause(lane: &Lane, pause: &Pause) {
+    if lane.pause.end(pause) {
+        let (provider, model) = (lane.provider.name(), lane.provider.model());
+        info!(
+            provider,
+            model,
+            lane = lane.label(),
+            code = %pause.code,
+            "{provider} {model} ({}): the pause is over ({}, code {}): calls may start again",
+            lane.label(),
+            pause.reason,
+            pause.code
+        );
     }
 }

@@ -47,7 +47,7 @@ struct Shared {
     metrics: PrometheusHandle,
 }
 
-/// Whether this replica is ready, and the JSON that says so.
+/// Whether this replica is ready, and the JSON that says so. Only reads the state.
 pub(crate) fn readiness(status: &WorkerStatus, executor: &Executor) -> (bool, Value) {
     let role = match status.role() {
         Role::Leader => "leader",
@@ -111,9 +111,10 @@ async fn ready(State(shared): State<Shared>) -> Response {
     (code, Json(body)).into_response()
 }
 
-async fn render_metrics(State(shared): State<Shared>) -> Response {
-    // Gauges that are state rather than events are read at scrape time.
-    for lane in shared.executor.lanes() {
+/// Sets the gauges that are state rather than events, as they are at scrape time. Only reads
+/// the state.
+pub(crate) fn set_state_gauges(status: &WorkerStatus, executor: &Executor) {
+    for lane in executor.lanes() {
         let label = lane.label();
         metrics::gauge!("review_effective_cap", "lane" => label).set(f64::from(lane.limit.current()));
         metrics::gauge!("review_configured_cap", "lane" => label).set(f64::from(lane.limit.configured()));
@@ -124,7 +125,11 @@ async fn render_metrics(State(shared): State<Shared>) -> Response {
             .map_or(0.0, |p| p.until.timestamp() as f64);
         metrics::gauge!("review_paused_until_seconds", "lane" => label).set(until);
     }
-    metrics::gauge!("review_in_flight").set(shared.status.in_flight() as f64);
+    metrics::gauge!("review_in_flight").set(status.in_flight() as f64);
+}
+
+async fn render_metrics(State(shared): State<Shared>) -> Response {
+    set_state_gauges(&shared.status, &shared.executor);
     shared.metrics.run_upkeep();
     (
         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -18,7 +18,7 @@ pub(crate) const QUIET_PERIOD: Duration = Duration::from_secs(30);
 
 /// A limit on calls in flight whose size changes at run time.
 #[derive(Debug, Clone)]
-pub struct AdaptiveLimit {
+pub(crate) struct AdaptiveLimit {
     inner: Arc<LimitInner>,
 }
 
@@ -31,10 +31,11 @@ struct LimitInner {
 
 #[derive(Debug)]
 struct LimitState {
-    limit: u32,
-    in_flight: u32,
-    peak: u32,
+    /// What the last 1302 halved the limit to (the configured limit before any).
+    lowered_to: u32,
+    /// When that was: the limit grows back one step per quiet period since.
     last_lowered: Option<Instant>,
+    in_flight: u32,
     /// After a pause: one call at a time until one succeeds (a reset that did not happen costs
     /// one call, not a whole cap's worth).
     half_open: bool,
@@ -44,14 +45,14 @@ struct LimitState {
 
 /// One call's place under the limit; dropping it frees the place.
 #[derive(Debug)]
-pub struct Slot {
+pub(crate) struct Slot {
     inner: Arc<LimitInner>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut state = lock(&self.inner.state);
-        state.in_flight -= 1;
+        state.in_flight = state.in_flight.saturating_sub(1);
         drop(state);
         self.inner.changed.notify_waiters();
     }
@@ -63,15 +64,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl AdaptiveLimit {
-    pub fn new(configured: u32) -> Self {
+    pub(crate) fn new(configured: u32) -> Self {
         let configured = configured.max(1);
         Self {
             inner: Arc::new(LimitInner {
                 state: Mutex::new(LimitState {
-                    limit: configured,
-                    in_flight: 0,
-                    peak: 0,
+                    lowered_to: configured,
                     last_lowered: None,
+                    in_flight: 0,
                     half_open: false,
                     closed: false,
                 }),
@@ -82,22 +82,20 @@ impl AdaptiveLimit {
     }
 
     /// Waits for a place under the current limit.
-    pub async fn acquire(&self) -> Slot {
+    pub(crate) async fn acquire(&self) -> Slot {
         loop {
             let notified = self.inner.changed.notified();
             {
                 let mut state = lock(&self.inner.state);
-                self.recover(&mut state);
                 let limit = if state.closed {
                     0
                 } else if state.half_open {
                     1
                 } else {
-                    state.limit
+                    self.limit(&state)
                 };
                 if state.in_flight < limit {
-                    state.in_flight += 1;
-                    state.peak = state.peak.max(state.in_flight);
+                    state.in_flight = state.in_flight.saturating_add(1);
                     return Slot {
                         inner: self.inner.clone(),
                     };
@@ -119,11 +117,11 @@ impl AdaptiveLimit {
     }
 
     /// A 1302 said we are over the plan: halve, never below 1.
-    pub fn lower(&self) -> u32 {
+    pub(crate) fn lower(&self) -> u32 {
         let mut state = lock(&self.inner.state);
-        state.limit = (state.limit / 2).max(1);
+        state.lowered_to = (self.limit(&state) / 2).max(1);
         state.last_lowered = Some(Instant::now());
-        state.limit
+        state.lowered_to
     }
 
     /// Until the next success, one call at a time.
@@ -141,54 +139,43 @@ impl AdaptiveLimit {
         }
     }
 
-    /// The limit now (after any recovery that is due).
-    pub fn current(&self) -> u32 {
-        let mut state = lock(&self.inner.state);
-        self.recover(&mut state);
-        state.limit
+    /// The limit now, recovery included. Only reads.
+    pub(crate) fn current(&self) -> u32 {
+        self.limit(&lock(&self.inner.state))
     }
 
-    pub fn configured(&self) -> u32 {
+    pub(crate) fn configured(&self) -> u32 {
         self.inner.configured
     }
 
-    pub fn in_flight(&self) -> u32 {
-        lock(&self.inner.state).in_flight
-    }
-
-    pub fn peak(&self) -> u32 {
-        lock(&self.inner.state).peak
-    }
-
-    /// One step back toward the configured limit per quiet period since the last 1302.
-    fn recover(&self, state: &mut LimitState) {
-        if let Some(at) = state.last_lowered
-            && state.limit < self.inner.configured
-            && at.elapsed() >= QUIET_PERIOD
-        {
-            state.limit += 1;
-            state.last_lowered = (state.limit < self.inner.configured).then(Instant::now);
-            self.inner.changed.notify_waiters();
-        }
+    /// The last 1302's limit plus one step per quiet period since, up to the configured limit:
+    /// a function of the time, so that reading it needs no bookkeeping.
+    fn limit(&self, state: &LimitState) -> u32 {
+        let Some(at) = state.last_lowered else {
+            return state.lowered_to;
+        };
+        let steps = at.elapsed().as_secs().checked_div(QUIET_PERIOD.as_secs()).unwrap_or(0);
+        let steps = u32::try_from(steps).unwrap_or(u32::MAX);
+        state.lowered_to.saturating_add(steps).min(self.inner.configured)
     }
 }
 
 /// Why a provider is paused. Also what the pause log on the broker carries.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Pause {
-    pub until: DateTime<Utc>,
+pub(crate) struct Pause {
+    pub(crate) until: DateTime<Utc>,
     /// Z.AI's code or the HTTP status.
-    pub code: String,
+    pub(crate) code: String,
     /// e.g. "5-hour quota exhausted", "invalid key".
-    pub reason: String,
+    pub(crate) reason: String,
     /// Account problems end when a probe succeeds, not at `until` (which is the next probe).
-    pub needs_probe: bool,
+    pub(crate) needs_probe: bool,
 }
 
 /// The pause state of one provider, shared by every task of the process; subscribers hear of
 /// every change.
 #[derive(Debug, Clone)]
-pub struct PauseState {
+pub(crate) struct PauseState {
     tx: Arc<tokio::sync::watch::Sender<Option<Pause>>>,
 }
 
@@ -203,7 +190,7 @@ impl Default for PauseState {
 impl PauseState {
     /// Sets a pause unless one of the same kind already runs at least as long. Returns whether
     /// anything changed (so that only the first of many identical answers is logged).
-    pub fn pause(&self, pause: Pause) -> bool {
+    pub(crate) fn pause(&self, pause: Pause) -> bool {
         self.tx.send_if_modified(|current| {
             if current
                 .as_ref()
@@ -216,7 +203,8 @@ impl PauseState {
         })
     }
 
-    pub fn resume(&self) -> Option<Pause> {
+    /// Ends whatever pause is set (a probe succeeded, or the leader says so). Returns it.
+    pub(crate) fn resume(&self) -> Option<Pause> {
         let mut previous = None;
         self.tx.send_if_modified(|current| {
             previous = current.take();
@@ -225,58 +213,39 @@ impl PauseState {
         previous
     }
 
-    /// The pause in force, if any. A time-bound pause ends by itself.
-    pub fn current(&self) -> Option<Pause> {
-        let current = self.tx.borrow().clone();
-        match current {
-            Some(p) if !p.needs_probe && p.until <= Utc::now() => {
-                self.tx.send_if_modified(|c| {
-                    let expired = c.as_ref().is_some_and(|c| !c.needs_probe && c.until <= Utc::now());
-                    if expired {
-                        *c = None;
-                    }
-                    expired
-                });
-                None
+    /// Ends `pause` if it is still the one set (a newer pause stays): the step the executor's
+    /// timer takes when a time-bound pause runs out. Returns whether it ended, so that the end
+    /// is logged, and broadcast, once.
+    pub(crate) fn end(&self, pause: &Pause) -> bool {
+        self.tx.send_if_modified(|current| {
+            let ends = current.as_ref() == Some(pause);
+            if ends {
+                *current = None;
             }
-            other => other,
-        }
+            ends
+        })
+    }
+
+    /// The pause in force, if any. Only reads: a time-bound pause whose end has passed reads as
+    /// none, but stays set (and unannounced) until the executor's timer ends it, so that a
+    /// `/ready` or `/metrics` request can never be what starts a resume.
+    pub(crate) fn current(&self) -> Option<Pause> {
+        self.tx
+            .borrow()
+            .as_ref()
+            .filter(|p| p.needs_probe || p.until > Utc::now())
+            .cloned()
+    }
+
+    /// The pause set, whether its end has passed or not.
+    #[cfg(test)]
+    pub(crate) fn set(&self) -> Option<Pause> {
+        self.tx.borrow().clone()
     }
 
     /// A receiver that wakes on every change.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<Pause>> {
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<Pause>> {
         self.tx.subscribe()
-    }
-
-    /// Resolves when no pause is in force (time-bound pauses end at their time, account pauses
-    /// when `resume` is called).
-    pub async fn wait_until_clear(&self) {
-        let mut changes = self.subscribe();
-        loop {
-            let Some(pause) = self.current() else { return };
-            let wait = if pause.needs_probe {
-                Duration::from_secs(3600)
-            } else {
-                (pause.until - Utc::now())
-                    .to_std()
-                    .unwrap_or(Duration::ZERO)
-                    .max(Duration::from_millis(10))
-            };
-            let _ = tokio::time::timeout(wait, changes.changed()).await;
-        }
-    }
-
-    /// Resolves when a pause starts (or is already in force).
-    pub async fn wait_until_paused(&self) {
-        let mut changes = self.subscribe();
-        loop {
-            if self.current().is_some() {
-                return;
-            }
-            if changes.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
     }
 }
 
@@ -284,7 +253,20 @@ impl PauseState {
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    /// Long enough for any runnable task to run on the paused clock, which only moves when
+    /// every task waits.
+    const NO_SLOT: Duration = Duration::from_secs(3600);
+
+    fn pause_for(until: DateTime<Utc>, needs_probe: bool) -> Pause {
+        Pause {
+            until,
+            code: if needs_probe { "401" } else { "1308" }.into(),
+            reason: "5-hour quota exhausted".into(),
+            needs_probe,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_limit_halves_on_1302_and_never_drops_below_one() {
         let limit = AdaptiveLimit::new(8);
         assert_eq!(limit.lower(), 4);
@@ -312,72 +294,125 @@ mod tests {
         assert_eq!(limit.current(), 4, "never above the configured cap");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
+    async fn reading_the_limit_does_not_move_its_recovery() {
+        let limit = AdaptiveLimit::new(4);
+        limit.lower();
+        limit.lower();
+        // Reads in every second of the quiet period: were a read to restart it, no step would
+        // come.
+        for _ in 0..QUIET_PERIOD.as_secs() {
+            assert_eq!(limit.current(), 1);
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert_eq!(limit.current(), 2);
+        tokio::time::advance(QUIET_PERIOD * 2).await;
+        assert_eq!(
+            limit.current(),
+            4,
+            "two more quiet periods, two more steps, read or not"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_gets_the_place_that_a_quiet_period_adds() {
+        let limit = AdaptiveLimit::new(2);
+        limit.lower();
+        let _held = limit.acquire().await;
+        let started = Instant::now();
+        let _second = tokio::time::timeout(NO_SLOT, limit.acquire())
+            .await
+            .expect("the limit grows back to 2");
+        assert_eq!(started.elapsed(), QUIET_PERIOD);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn after_a_pause_one_call_goes_first_and_a_success_opens_the_rest() {
         let limit = AdaptiveLimit::new(3);
         limit.half_open();
         let first = limit.acquire().await;
-        let second = tokio::time::timeout(Duration::from_millis(50), limit.acquire()).await;
+        let second = tokio::time::timeout(NO_SLOT, limit.acquire()).await;
         assert!(second.is_err(), "only one call while half open");
         limit.succeeded();
-        let _second = tokio::time::timeout(Duration::from_millis(500), limit.acquire())
+        let _second = tokio::time::timeout(Duration::ZERO, limit.acquire())
             .await
             .expect("open again");
-        let _third = tokio::time::timeout(Duration::from_millis(500), limit.acquire())
+        let _third = tokio::time::timeout(Duration::ZERO, limit.acquire())
             .await
             .expect("the whole cap");
         drop(first);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn no_more_than_the_limit_are_in_flight() {
         let limit = AdaptiveLimit::new(2);
         let a = limit.acquire().await;
         let _b = limit.acquire().await;
-        let third = tokio::time::timeout(Duration::from_millis(50), limit.acquire()).await;
+        let third = tokio::time::timeout(NO_SLOT, limit.acquire()).await;
         assert!(third.is_err(), "a third slot must wait");
         drop(a);
-        let third = tokio::time::timeout(Duration::from_millis(500), limit.acquire()).await;
+        let third = tokio::time::timeout(Duration::ZERO, limit.acquire()).await;
         assert!(third.is_ok(), "a freed slot is taken");
-        assert_eq!(limit.peak(), 2);
     }
 
-    #[tokio::test]
-    async fn a_time_bound_pause_ends_by_itself() {
-        let pauses = PauseState::default();
-        pauses.pause(Pause {
-            until: Utc::now() + chrono::Duration::milliseconds(100),
-            code: "1308".into(),
-            reason: "5-hour quota exhausted".into(),
-            needs_probe: false,
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_limit_starts_nothing_until_it_opens() {
+        let limit = AdaptiveLimit::new(2);
+        limit.close();
+        let waiting = tokio::spawn({
+            let limit = limit.clone();
+            async move { drop(limit.acquire().await) }
         });
-        assert!(pauses.current().is_some());
-        tokio::time::timeout(Duration::from_secs(2), pauses.wait_until_clear())
+        tokio::time::sleep(NO_SLOT).await;
+        assert!(!waiting.is_finished(), "closed: no call starts");
+        limit.open();
+        tokio::time::timeout(Duration::from_secs(1), waiting)
             .await
+            .expect("open: the waiter goes")
             .unwrap();
-        assert!(pauses.current().is_none());
     }
 
-    #[tokio::test]
-    async fn an_account_pause_waits_for_resume() {
+    #[test]
+    fn a_time_bound_pause_whose_end_passed_reads_as_none_and_stays_set_until_it_is_ended() {
         let pauses = PauseState::default();
-        pauses.pause(Pause {
-            until: Utc::now(),
-            code: "401".into(),
-            reason: "invalid key".into(),
-            needs_probe: true,
-        });
-        assert!(pauses.current().is_some(), "an account pause does not end with time");
-        let waiter = tokio::spawn({
-            let pauses = pauses.clone();
-            async move { pauses.wait_until_clear().await }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiter.is_finished());
-        pauses.resume();
-        tokio::time::timeout(Duration::from_secs(3), waiter)
-            .await
-            .unwrap()
-            .unwrap();
+        let mut changes = pauses.subscribe();
+        let over = pause_for(Utc::now() - chrono::Duration::seconds(1), false);
+        pauses.pause(over.clone());
+        changes.mark_unchanged();
+        for _ in 0..100 {
+            assert_eq!(pauses.current(), None);
+        }
+        assert!(!changes.has_changed().unwrap(), "reading announced nothing");
+        assert_eq!(pauses.set(), Some(over.clone()));
+
+        assert!(pauses.end(&over));
+        assert!(changes.has_changed().unwrap(), "the end is announced");
+        assert_eq!(pauses.set(), None);
+        assert!(!pauses.end(&over), "and only once");
+    }
+
+    #[test]
+    fn ending_a_pause_leaves_a_newer_one_in_force() {
+        let pauses = PauseState::default();
+        let first = pause_for(Utc::now() + chrono::Duration::seconds(60), false);
+        let second = pause_for(Utc::now() + chrono::Duration::seconds(120), false);
+        pauses.pause(first.clone());
+        pauses.pause(second.clone());
+        assert!(!pauses.end(&first));
+        assert_eq!(pauses.current(), Some(second));
+    }
+
+    #[test]
+    fn an_account_pause_does_not_end_with_time_but_with_resume() {
+        let pauses = PauseState::default();
+        let account = pause_for(Utc::now() - chrono::Duration::seconds(1), true);
+        pauses.pause(account.clone());
+        assert_eq!(
+            pauses.current(),
+            Some(account.clone()),
+            "past its next probe, still paused"
+        );
+        assert_eq!(pauses.resume(), Some(account));
+        assert_eq!(pauses.current(), None);
     }
 }

@@ -1,8 +1,6 @@
 //! One review, without the broker: diff → context fit → prompt → model call(s) → answer → anchored
-//! suggestions. The model is called through a closure so that the executor can put retries, the
-//! deployment-wide cap and the fallback around each call, and tests can answer directly.
-
-use std::time::Duration;
+//! suggestions. The model is called through [`ModelCall`] so that the executor can put retries,
+//! the deployment-wide cap and the fallback around each call, and tests can answer directly.
 
 use review_core::anchor::anchor;
 use review_core::answer::{parse_answer, repair_instruction};
@@ -16,31 +14,31 @@ use review_core::prompt::build_messages;
 /// A job ready to send: what fits the model's window, and the messages.
 #[derive(Debug)]
 pub(crate) struct Prepared<'a> {
-    pub fitted: Fitted<'a>,
-    pub messages: Vec<Message>,
+    pub(crate) fitted: Fitted<'a>,
+    pub(crate) messages: Vec<Message>,
     /// Why nothing is sent when `fitted.files` is empty, if not the usual "all skipped".
-    pub nothing_to_review: Option<&'static str>,
+    pub(crate) nothing_to_review: Option<&'static str>,
 }
 
 /// What the model said about a job, anchored and filtered.
 #[derive(Debug)]
-pub struct Review {
-    pub summary: String,
-    pub suggestions: Vec<Suggestion>,
-    pub usage: Usage,
-    pub truncated: bool,
-    pub skipped_files: Vec<String>,
-    /// Time spent in provider calls.
-    pub model_time: Duration,
+pub(crate) struct Review {
+    pub(crate) summary: String,
+    pub(crate) suggestions: Vec<Suggestion>,
+    pub(crate) usage: Usage,
+    pub(crate) truncated: bool,
+    pub(crate) skipped_files: Vec<String>,
 }
 
+/// Why a review stopped short. `E` is why a model call brought no answer: the provider's error,
+/// or whatever else the caller's [`ModelCall`] can stop on (the executor's paused lane).
 #[derive(Debug, thiserror::Error)]
-pub enum ReviewError {
+pub(crate) enum ReviewError<E = ProviderError> {
     /// The job itself cannot be reviewed (a diff that is no diff, a bad glob).
     #[error("{0}")]
     InvalidJob(String),
     #[error(transparent)]
-    Provider(#[from] ProviderError),
+    Provider(#[from] E),
     #[error("the model's answer could not be read, even after a repair request: {message}")]
     BadModelOutput { message: String, usage: Usage },
 }
@@ -91,7 +89,7 @@ pub(crate) fn prepare<'a>(job: &'a Job, model: &str) -> Result<Prepared<'a>, Rev
     // The prompt without a diff tells how much the frame takes.
     let frame = build_messages(job, &Fitted::default());
     let frame_tokens: usize = frame.iter().map(|m| estimate_tokens(&m.content)).sum();
-    let budget = window.saturating_sub(output_reserve(window) + frame_tokens + 256);
+    let budget = window.saturating_sub(output_reserve(window).saturating_add(frame_tokens).saturating_add(256));
 
     let fitted = fit(files, &ignore, budget);
     let messages = build_messages(job, &fitted);
@@ -105,18 +103,23 @@ pub(crate) fn prepare<'a>(job: &'a Job, model: &str) -> Result<Prepared<'a>, Rev
 /// How a review reaches the model: the executor puts retries, limits and the fallback behind
 /// it; tests answer directly.
 pub(crate) trait ModelCall: Sync {
-    fn call(&self, messages: &[Message]) -> impl Future<Output = Result<ChatAnswer, ProviderError>> + Send;
+    type Error;
+
+    fn call(&self, messages: &[Message]) -> impl Future<Output = Result<ChatAnswer, Self::Error>> + Send;
 }
 
 /// Runs the review: one call, one repair call if the answer cannot be read, then anchoring.
-pub(crate) async fn run(job: &Job, prepared: Prepared<'_>, model: &impl ModelCall) -> Result<Review, ReviewError> {
+pub(crate) async fn run<M: ModelCall>(
+    job: &Job,
+    prepared: Prepared<'_>,
+    model: &M,
+) -> Result<Review, ReviewError<M::Error>> {
     let Prepared {
         fitted,
         mut messages,
         nothing_to_review,
     } = prepared;
     let mut usage = Usage::default();
-    let mut model_time = Duration::ZERO;
 
     if fitted.files.is_empty() {
         // Nothing reviewable is left (all lockfiles, binaries, ignored…): no call, no quota.
@@ -129,13 +132,11 @@ pub(crate) async fn run(job: &Job, prepared: Prepared<'_>, model: &impl ModelCal
             usage,
             truncated: fitted.truncated,
             skipped_files: fitted.skipped_files,
-            model_time,
         });
     }
 
     let answer = model.call(&messages).await?;
     usage.add(&answer.usage);
-    model_time += answer.latency;
     let size = answer_size(&answer);
     let (answer, first) = off_runtime(&usage, size, move || {
         let outcome = read(&answer);
@@ -155,7 +156,6 @@ pub(crate) async fn run(job: &Job, prepared: Prepared<'_>, model: &impl ModelCal
             messages.push(Message::user(repair_instruction(&error)));
             let repaired = model.call(&messages).await?;
             usage.add(&repaired.usage);
-            model_time += repaired.latency;
             let size = answer_size(&repaired);
             let second = off_runtime(&usage, size, move || read(&repaired)).await?;
             let review = second.map_err(|e| ReviewError::BadModelOutput {
@@ -189,7 +189,6 @@ pub(crate) async fn run(job: &Job, prepared: Prepared<'_>, model: &impl ModelCal
         usage,
         truncated,
         skipped_files,
-        model_time,
     })
 }
 
@@ -200,17 +199,22 @@ fn read(answer: &ChatAnswer) -> Result<review_core::answer::ModelReview, review_
 
 /// Bytes of model output in an answer: what reading and anchoring it cost grows with.
 fn answer_size(answer: &ChatAnswer) -> usize {
-    answer.content.as_ref().map_or(0, String::len) + answer.tool_arguments.iter().map(String::len).sum::<usize>()
+    let tools = answer
+        .tool_arguments
+        .iter()
+        .map(String::len)
+        .fold(0, usize::saturating_add);
+    answer.content.as_ref().map_or(0, String::len).saturating_add(tools)
 }
 
 /// Runs CPU work on an answer off the async worker threads (see `blocking`). Work that panicked
 /// on an answer would panic on it again: the job fails as unreadable output instead of
 /// returning to the queue to crash the next try.
-async fn off_runtime<T: Send + 'static>(
+async fn off_runtime<T: Send + 'static, E>(
     usage: &Usage,
     size: usize,
     work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ReviewError> {
+) -> Result<T, ReviewError<E>> {
     crate::blocking::heavy(size, work)
         .await
         .map_err(|e| ReviewError::BadModelOutput {
@@ -224,6 +228,7 @@ mod tests {
     use super::*;
     use review_core::contract::parse_job;
     use std::sync::Mutex;
+    use std::time::Duration;
 
     fn job() -> Job {
         parse_job(include_bytes!("../docs/contract/examples/job.json"), 1 << 20).unwrap()
@@ -260,6 +265,8 @@ mod tests {
     }
 
     impl ModelCall for Scripted {
+        type Error = ProviderError;
+
         fn call(&self, messages: &[Message]) -> impl Future<Output = Result<ChatAnswer, ProviderError>> + Send {
             self.seen.lock().unwrap().push(messages.len());
             let next = self.answers.lock().unwrap().pop().expect("no more scripted answers");

@@ -42,7 +42,6 @@ struct Inner {
     consuming: AtomicBool,
     leader: AtomicBool,
     in_flight: AtomicU64,
-    finished: AtomicU64,
 }
 
 /// Marks a review in flight until dropped.
@@ -53,7 +52,7 @@ pub(crate) struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let now = self.inner.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
+        let now = self.inner.in_flight.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
         metrics::gauge!("review_in_flight").set(now as f64);
     }
 }
@@ -119,7 +118,7 @@ impl WorkerStatus {
     }
 
     pub(crate) fn start_review(&self) -> InFlight {
-        let now = self.inner.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.inner.in_flight.fetch_add(1, Ordering::Relaxed).saturating_add(1);
         metrics::gauge!("review_in_flight").set(now as f64);
         InFlight {
             inner: self.inner.clone(),
@@ -128,7 +127,6 @@ impl WorkerStatus {
 
     /// Counts a job's outcome: completed, waiting, hopped, or a failure kind.
     pub(crate) fn record(&self, outcome: &str) {
-        self.inner.finished.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("review_jobs_total", "outcome" => outcome.to_owned()).increment(1);
     }
 
@@ -144,7 +142,12 @@ impl WorkerStatus {
         let (input, output) = price_per_million(&model);
         let cost = (usage.prompt_tokens as f64 * input + usage.completion_tokens as f64 * output) / 1_000_000.0;
         // Counters are integers: count micro-dollars.
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "token counts times dollars per million tokens: far below u64::MAX, and `as` saturates"
+        )]
+        let microdollars = (cost * 1_000_000.0).round() as u64;
         metrics::counter!("review_cost_equivalent_microdollars_total", "provider" => provider, "model" => model)
-            .increment((cost * 1_000_000.0).round() as u64);
+            .increment(microdollars);
     }
 }

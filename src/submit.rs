@@ -58,15 +58,21 @@ pub(crate) async fn submit(
 
     let mut results = Vec::new();
     if let (Some(timeout), Some((_, _, consumer))) = (wait, reply.as_mut()) {
-        let deadline = tokio::time::Instant::now() + timeout;
+        // A wait too long to add to the clock is as good as no deadline.
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
         while results.len() < ids.len() {
-            let delivery = match tokio::time::timeout_at(deadline, consumer.next()).await {
+            let next = consumer.next();
+            let next = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, next).await,
+                None => Ok(next.await),
+            };
+            let delivery = match next {
                 Ok(Some(delivery)) => delivery.context("reply queue")?,
                 Ok(None) => bail!("the reply queue closed"),
                 Err(_) => bail!(
                     "no result within {}s for {} of {} job(s); is a worker running?",
                     timeout.as_secs(),
-                    ids.len() - results.len(),
+                    ids.len().saturating_sub(results.len()),
                     ids.len()
                 ),
             };
