@@ -439,19 +439,9 @@ impl Executor {
 }
 
 fn paused_error(pause: &Pause) -> ProviderError {
-    if pause.needs_probe {
-        ProviderError::Account {
-            status: 0,
-            code: Some(pause.code.clone()),
-            message: pause.reason.clone(),
-            advice: "paused",
-        }
-    } else {
-        ProviderError::QuotaExhausted {
-            code: pause.code.clone(),
-            window: crate::provider::QuotaWindow::Other,
-            reset_at: Some(pause.until),
-            message: pause.reason.clone(),
-        }
+    ProviderError::Paused {
+        code: pause.code.clone(),
+        reason: pause.reason.clone(),
+        needs_probe: pause.needs_probe,
     }
 }

@@ -41,7 +41,6 @@ pub struct ChatAnswer {
     pub content: Option<String>,
     /// `tool_calls[].function.arguments`, for models that answer through a tool call.
     pub tool_arguments: Vec<String>,
-    pub finish_reason: Option<String>,
     pub usage: Usage,
     pub latency: Duration,
 }

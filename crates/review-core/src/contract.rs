@@ -13,7 +13,7 @@ mod parse;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use parse::{InvalidJob, MAX_FILES, parse_job};
+pub use parse::{InvalidJob, MAX_FILES, RejectedJob, parse_job};
 
 pub(crate) const JOB_SCHEMA_ID: &str = "review-job/v1";
 pub const RESULT_SCHEMA_ID: &str = "review-result/v1";
@@ -287,9 +287,9 @@ mod tests {
     fn a_job_without_diff_or_files_is_rejected_with_its_id() {
         let body =
             r#"{"schema":"review-job/v1","job_id":"j1","repository":{"full_name":"a/b"},"pull_request":{"number":1}}"#;
-        let (error, id) = parse_job(body.as_bytes(), 1 << 20).unwrap_err();
-        assert!(matches!(error, InvalidJob::Schema(_)), "{error}");
-        assert_eq!(id.as_deref(), Some("j1"));
+        let rejected = parse_job(body.as_bytes(), 1 << 20).unwrap_err();
+        assert!(matches!(rejected.problem, InvalidJob::Schema(_)), "{rejected}");
+        assert_eq!(rejected.job_id.as_deref(), Some("j1"));
     }
 
     #[test]
@@ -298,10 +298,10 @@ mod tests {
             r#"{{"diff": "{} \\"job_id\\": \\"inner\\"", "job_id": "big-1"}}"#,
             "x".repeat(5000)
         );
-        let (error, id) = parse_job(body.as_bytes(), 100).unwrap_err();
-        assert!(matches!(error, InvalidJob::TooLarge { .. }));
+        let rejected = parse_job(body.as_bytes(), 100).unwrap_err();
+        assert!(matches!(rejected.problem, InvalidJob::TooLarge { .. }));
         assert_eq!(
-            id.as_deref(),
+            rejected.job_id.as_deref(),
             Some("big-1"),
             "the id after the diff, not the escaped one inside it"
         );
@@ -311,9 +311,18 @@ mod tests {
     fn non_utf8_and_non_json_bodies_are_invalid_without_an_id() {
         assert!(matches!(
             parse_job(&[0xff, 0xfe], 100),
-            Err((InvalidJob::NotUtf8(_), None))
+            Err(RejectedJob {
+                problem: InvalidJob::NotUtf8(_),
+                job_id: None
+            })
         ));
-        assert!(matches!(parse_job(b"nope", 100), Err((InvalidJob::NotJson(_), None))));
+        assert!(matches!(
+            parse_job(b"nope", 100),
+            Err(RejectedJob {
+                problem: InvalidJob::NotJson(_),
+                job_id: None
+            })
+        ));
     }
 
     #[test]

@@ -44,26 +44,43 @@ pub enum InvalidJob {
     Schema(String),
 }
 
-/// Parses and validates a job body. On failure, also returns the `job_id` when one can be read and
-/// is one the broker can carry, so that the producer still hears about its job.
-pub fn parse_job(body: &[u8], max_bytes: usize) -> Result<Job, (InvalidJob, Option<String>)> {
+/// A body refused as a job: why, and its `job_id` when one can be read and is one the broker can
+/// carry, so that the producer still hears about its job.
+#[derive(Debug, thiserror::Error)]
+#[error("{problem}")]
+pub struct RejectedJob {
+    pub problem: InvalidJob,
+    pub job_id: Option<String>,
+}
+
+impl RejectedJob {
+    fn without_id(problem: InvalidJob) -> Self {
+        Self { problem, job_id: None }
+    }
+}
+
+/// Parses and validates a job body.
+pub fn parse_job(body: &[u8], max_bytes: usize) -> Result<Job, RejectedJob> {
     if body.len() > max_bytes {
         // Too large to parse safely; a cheap scan may still find the id near the start.
-        return Err((
-            InvalidJob::TooLarge {
+        return Err(RejectedJob {
+            problem: InvalidJob::TooLarge {
                 size: body.len(),
                 limit: max_bytes,
             },
-            sniff_job_id(body),
-        ));
+            job_id: sniff_job_id(body),
+        });
     }
-    let text = std::str::from_utf8(body).map_err(|e| (InvalidJob::NotUtf8(e), None))?;
+    let text = std::str::from_utf8(body).map_err(|e| RejectedJob::without_id(InvalidJob::NotUtf8(e)))?;
     // A syntax check of the whole body that allocates nothing but a byte per nesting level.
-    let whole: &RawValue = serde_json::from_str(text).map_err(|e| (InvalidJob::NotJson(e), None))?;
+    let whole: &RawValue = serde_json::from_str(text).map_err(|e| RejectedJob::without_id(InvalidJob::NotJson(e)))?;
     let fields: JobFields<'_> =
-        object(whole, "/").map_err(|problem| (InvalidJob::Schema(problem.to_string()), None))?;
+        object(whole, "/").map_err(|problem| RejectedJob::without_id(InvalidJob::Schema(problem.to_string())))?;
     let job_id = fields.job_id.0.and_then(|raw| job_id(raw).ok());
-    validate(&fields).map_err(|problem| (problem.into_invalid(), job_id))
+    validate(&fields).map_err(|problem| RejectedJob {
+        problem: problem.into_invalid(),
+        job_id,
+    })
 }
 
 /// One broken rule: where, and what was expected. Displays as `at /pull_request/number: must be
@@ -636,13 +653,16 @@ mod tests {
         serde_json::from_str(EXAMPLE_JOB).unwrap()
     }
 
-    fn parse(value: &Value) -> Result<Job, (InvalidJob, Option<String>)> {
+    fn parse(value: &Value) -> Result<Job, RejectedJob> {
         parse_job(&serde_json::to_vec(value).unwrap(), 1 << 24)
     }
 
     fn schema_message(value: &Value) -> String {
         match parse(value) {
-            Err((InvalidJob::Schema(message), _)) => message,
+            Err(RejectedJob {
+                problem: InvalidJob::Schema(message),
+                ..
+            }) => message,
             other => panic!("expected a schema error, got {other:?}"),
         }
     }
@@ -669,7 +689,10 @@ mod tests {
         let mut job = example();
         job["job_id"] = json!("é".repeat(125));
         assert!(SCHEMA.is_valid(&job), "the schema counts characters");
-        let (error, id) = parse(&job).unwrap_err();
+        let RejectedJob {
+            problem: error,
+            job_id: id,
+        } = parse(&job).unwrap_err();
         assert!(error.to_string().contains("250 bytes"), "{error}");
         assert_eq!(id, None, "an id the broker cannot carry is no id to answer to");
         job["job_id"] = json!("é".repeat(64));
@@ -699,7 +722,7 @@ mod tests {
         job["options"]["min_severity"] = json!(secret);
         let message = schema_message(&job);
         assert!(message.len() < 200 && !message.contains("sk-"), "{message}");
-        let (error, _) = parse(&json!(secret)).unwrap_err();
+        let error = parse(&json!(secret)).unwrap_err();
         assert!(error.to_string().len() < 200, "{error}");
     }
 
@@ -707,7 +730,10 @@ mod tests {
     fn the_job_id_is_still_returned_when_another_rule_fails() {
         let mut job = example();
         job["repository"] = json!([]);
-        let (error, id) = parse(&job).unwrap_err();
+        let RejectedJob {
+            problem: error,
+            job_id: id,
+        } = parse(&job).unwrap_err();
         assert_eq!(
             error.to_string(),
             "job does not match review-job/v1: at /repository: must be an object, not an array"
@@ -753,9 +779,9 @@ mod tests {
     #[test]
     fn a_lone_surrogate_is_not_json() {
         let body = EXAMPLE_JOB.replace("Adds refund parsing.", "\\ud800 alone");
-        let (error, id) = parse_job(body.as_bytes(), 1 << 20).unwrap_err();
-        assert!(matches!(error, InvalidJob::NotJson(_)), "{error}");
-        assert!(id.is_some());
+        let rejected = parse_job(body.as_bytes(), 1 << 20).unwrap_err();
+        assert!(matches!(rejected.problem, InvalidJob::NotJson(_)), "{rejected}");
+        assert!(rejected.job_id.is_some());
     }
 
     #[test]
@@ -764,9 +790,9 @@ mod tests {
             r#"{{"diff": "{} \"job_id\": \"inner\"", "job_id": "big-1"}}"#,
             "x".repeat(5000)
         );
-        let (error, id) = parse_job(body.as_bytes(), 100).unwrap_err();
-        assert!(matches!(error, InvalidJob::TooLarge { .. }));
-        assert_eq!(id.as_deref(), Some("big-1"));
+        let rejected = parse_job(body.as_bytes(), 100).unwrap_err();
+        assert!(matches!(rejected.problem, InvalidJob::TooLarge { .. }));
+        assert_eq!(rejected.job_id.as_deref(), Some("big-1"));
     }
 
     #[test]
@@ -909,8 +935,8 @@ mod tests {
             }
             let expected = SCHEMA.is_valid(&job) && beyond_the_schema(&job);
             let got = parse(&job);
-            prop_assert_eq!(got.is_ok(), expected, "{:?} for {}", got.err().map(|e| e.0.to_string()), job);
-            if let Err((error, _)) = got {
+            prop_assert_eq!(got.is_ok(), expected, "{:?} for {}", got.err().map(|e| e.to_string()), job);
+            if let Err(error) = got {
                 prop_assert!(error.to_string().len() <= 300, "{}", error);
             }
         }
