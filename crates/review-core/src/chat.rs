@@ -10,12 +10,12 @@ use crate::contract::Usage;
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Message {
-    pub role: &'static str,
+    pub(crate) role: &'static str,
     pub content: String,
 }
 
 impl Message {
-    pub fn system(content: impl Into<String>) -> Self {
+    pub(crate) fn system(content: impl Into<String>) -> Self {
         Self {
             role: "system",
             content: content.into(),

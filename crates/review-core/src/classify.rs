@@ -151,7 +151,7 @@ impl AccountProblem {
 
     /// What the operator should do: goes into the error's text, so into `check`'s output, the
     /// start-up failure and the pause log line.
-    pub fn advice(self) -> &'static str {
+    pub(crate) fn advice(self) -> &'static str {
         match self {
             Self::InvalidKey => {
                 "the key doesn't match the endpoint: Coding Plan keys work only on \
@@ -177,7 +177,7 @@ impl AccountProblem {
     }
 
     /// A few words an operator can grep for; also the reason `/ready` gives while paused.
-    pub fn meaning(self) -> &'static str {
+    pub(crate) fn meaning(self) -> &'static str {
         match self {
             Self::InvalidKey => "invalid key",
             Self::WrongBaseUrl => "wrong base URL",

@@ -13,7 +13,8 @@ mod parse;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use parse::{InvalidJob, MAX_FILES, RejectedJob, parse_job};
+pub(crate) use parse::MAX_FILES;
+pub use parse::{RejectedJob, parse_job};
 
 pub(crate) const JOB_SCHEMA_ID: &str = "review-job/v1";
 pub const RESULT_SCHEMA_ID: &str = "review-result/v1";
@@ -57,10 +58,10 @@ pub struct PullRequest {
 /// One changed file, the alternative to a whole `diff`.
 #[derive(Debug, Clone)]
 pub struct JobFile {
-    pub path: String,
-    pub previous_path: Option<String>,
-    pub status: Option<FileStatusHint>,
-    pub patch: String,
+    pub(crate) path: String,
+    pub(crate) previous_path: Option<String>,
+    pub(crate) status: Option<FileStatusHint>,
+    pub(crate) patch: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +93,7 @@ pub enum Severity {
 
 impl Severity {
     /// Reads the words models use for severities, leniently (`"HIGH"`, `"major"`, `"info"`).
-    pub fn parse_lenient(word: &str) -> Option<Self> {
+    pub(crate) fn parse_lenient(word: &str) -> Option<Self> {
         match word.trim().to_ascii_lowercase().as_str() {
             "low" | "info" | "minor" | "trivial" | "nit" | "suggestion" => Some(Self::Low),
             "medium" | "moderate" | "warning" | "normal" => Some(Self::Medium),
@@ -101,33 +102,24 @@ impl Severity {
             _ => None,
         }
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Low => "low",
-            Self::Medium => "medium",
-            Self::High => "high",
-            Self::Critical => "critical",
-        }
-    }
 }
 
 /// A suggestion as the result carries it: always anchored to lines the diff changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Suggestion {
-    pub file: String,
+    pub(crate) file: String,
     pub line_start: u32,
-    pub line_end: u32,
-    pub severity: Severity,
+    pub(crate) line_end: u32,
+    pub(crate) severity: Severity,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
+    pub(crate) label: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub title: Option<String>,
-    pub body: String,
+    pub(crate) title: Option<String>,
+    pub(crate) body: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub existing_code: Option<String>,
+    pub(crate) existing_code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub improved_code: Option<String>,
+    pub(crate) improved_code: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,8 +155,8 @@ impl FailureKind {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultError {
-    pub kind: FailureKind,
-    pub message: String,
+    pub(crate) kind: FailureKind,
+    pub(crate) message: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,6 +265,7 @@ pub fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use parse::InvalidJob;
 
     const EXAMPLE_JOB: &str = include_str!("../../../docs/contract/examples/job.json");
 

@@ -24,7 +24,7 @@ use super::{FileStatusHint, JOB_SCHEMA_ID, Job, JobFile, PullRequest, Repository
 pub(crate) const MAX_ID_BYTES: usize = 128;
 /// `files` entries (the schema's `maxItems`). Each costs a few hundred bytes once parsed, and no
 /// forge produces more: GitHub lists at most 3,000 files for a pull request.
-pub const MAX_FILES: usize = 20_000;
+pub(crate) const MAX_FILES: usize = 20_000;
 /// `options.ignore_paths` entries and their length in characters (the schema's `maxItems` and
 /// `maxLength`): every pattern compiles into the matcher, so these bound its size.
 pub(crate) const MAX_IGNORE_PATHS: usize = 1_000;
@@ -33,7 +33,7 @@ pub(crate) const MAX_PATTERN_CHARS: usize = 1_024;
 /// Why a message body is not a job we can review. The texts are short and quote nothing from the
 /// body.
 #[derive(Debug, thiserror::Error)]
-pub enum InvalidJob {
+pub(crate) enum InvalidJob {
     #[error("job body is {size} bytes, more than the {limit} bytes allowed (API_REVIEW_MAX_JOB_BYTES)")]
     TooLarge { size: usize, limit: usize },
     #[error("job body is not UTF-8: {0}")]
@@ -49,7 +49,7 @@ pub enum InvalidJob {
 #[derive(Debug, thiserror::Error)]
 #[error("{problem}")]
 pub struct RejectedJob {
-    pub problem: InvalidJob,
+    pub(crate) problem: InvalidJob,
     pub job_id: Option<String>,
 }
 
