@@ -397,6 +397,91 @@ mod tests {
         ProviderError::from_response(status, &body(code, message))
     }
 
+    fn problem(e: &ProviderError) -> Option<AccountProblem> {
+        match e {
+            ProviderError::Account { problem, .. } => Some(*problem),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn each_account_code_names_its_problem_and_the_problem_gives_the_advice() {
+        use AccountProblem::*;
+        let coding_plan_keys = "Coding Plan keys work only on https://api.z.ai/api/coding/paas/v4";
+        for (status, code, expected, advice) in [
+            (401, "1000", InvalidKey, coding_plan_keys),
+            (401, "1001", InvalidKey, coding_plan_keys),
+            (401, "1002", InvalidKey, coding_plan_keys),
+            (401, "1003", InvalidKey, coding_plan_keys),
+            (401, "1004", InvalidKey, coding_plan_keys),
+            (429, "1113", NoBalance, "insufficient balance or no resource package"),
+            (429, "1309", PlanExpired, "renew it at z.ai/subscribe"),
+            (
+                400,
+                "1211",
+                UnknownModel,
+                "set API_LLM_PROVIDER_MODEL to one the endpoint lists",
+            ),
+            (429, "1311", ModelNotInPlan, "not included in this plan"),
+            (429, "1313", FairUse, "Fair Usage Policy"),
+        ] {
+            let e = class(status, code, "whatever the text says");
+            assert_eq!(problem(&e), Some(expected), "{code}");
+            assert!(e.to_string().ends_with(expected.advice()), "{code}: {e}");
+            assert!(expected.advice().contains(advice), "{code}: {}", expected.advice());
+            assert_eq!(e.meaning(), expected.meaning(), "{code}");
+        }
+    }
+
+    #[test]
+    fn without_a_code_401_and_403_are_an_invalid_key_and_404_a_wrong_base_url() {
+        for (status, expected) in [
+            (401, AccountProblem::InvalidKey),
+            (403, AccountProblem::InvalidKey),
+            (404, AccountProblem::WrongBaseUrl),
+        ] {
+            let e = ProviderError::from_response(status, "");
+            assert_eq!(problem(&e), Some(expected), "{status}");
+        }
+        assert!(AccountProblem::WrongBaseUrl.advice().contains("no /v1 segment"));
+    }
+
+    #[test]
+    fn the_meanings_operators_grep_for_come_from_the_problem() {
+        use AccountProblem::*;
+        for (p, meaning) in [
+            (InvalidKey, "invalid key"),
+            (WrongBaseUrl, "wrong base URL"),
+            (UnknownModel, "model not available"),
+            (ModelNotInPlan, "model not available"),
+            (NoBalance, "account unusable"),
+            (PlanExpired, "account unusable"),
+            (FairUse, "account unusable"),
+        ] {
+            assert_eq!(p.meaning(), meaning, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn a_paused_lane_is_no_answer_and_waits_like_the_pause_it_reports() {
+        let account = ProviderError::Paused {
+            code: "1000".into(),
+            reason: "invalid key".into(),
+            needs_probe: true,
+        };
+        assert_eq!(account.action(), Action::PauseAccount);
+        assert_eq!(account.to_string(), "provider paused (invalid key, code 1000)");
+        assert_eq!(account.code_label(), "1000");
+        assert!(!account.invisible_to_probe());
+        let window = ProviderError::Paused {
+            code: "1308".into(),
+            reason: "5-hour quota exhausted".into(),
+            needs_probe: false,
+        };
+        assert_eq!(window.action(), Action::PauseUntilReset);
+        assert_eq!(window.meaning(), "provider paused");
+    }
+
     #[test]
     fn every_authorization_code_pauses_for_the_operator() {
         for code in ["1000", "1001", "1002", "1003", "1004"] {
@@ -405,6 +490,7 @@ mod tests {
                 code,
                 "Authorization Token is invalid, please ensure the token is correct",
             );
+            assert_eq!(problem(&e), Some(AccountProblem::InvalidKey), "{code}");
             assert_eq!(e.action(), Action::PauseAccount, "{code}");
             assert_eq!(e.code().as_deref(), Some(code));
             assert_eq!(e.meaning(), "invalid key");
@@ -441,6 +527,7 @@ mod tests {
             "Insufficient balance or no resource package. Please recharge.",
         )
         .at_probe();
+        assert_eq!(problem(&e), Some(AccountProblem::InvalidKey));
         assert_eq!(e.meaning(), "invalid key");
         assert!(e.to_string().contains("Coding Plan keys work only on"));
     }

@@ -301,6 +301,26 @@ mod tests {
     }
 
     #[test]
+    fn a_rejected_job_reads_as_its_problem_and_keeps_the_id_of_an_oversized_or_invalid_job() {
+        let oversized = format!(r#"{{"job_id": "big-2", "diff": "{}"}}"#, "x".repeat(500));
+        let rejected = parse_job(oversized.as_bytes(), 100).unwrap_err();
+        assert_eq!(rejected.job_id.as_deref(), Some("big-2"));
+        assert_eq!(rejected.to_string(), rejected.problem.to_string());
+        assert!(
+            rejected.to_string().contains("more than the 100 bytes allowed"),
+            "{rejected}"
+        );
+        let invalid = EXAMPLE_JOB.replace(r#""number": 42"#, r#""number": "42""#);
+        assert_ne!(invalid, EXAMPLE_JOB, "the example has the number to break");
+        let rejected = parse_job(invalid.as_bytes(), 1 << 20).unwrap_err();
+        assert_eq!(rejected.job_id.as_deref(), Some("7b1c2f0e-4f5e-4d59-9b7a-1f0d3c1e9a11"));
+        assert_eq!(
+            rejected.to_string(),
+            "job does not match review-job/v1: at /pull_request/number: must be an integer of at least 1, not a string"
+        );
+    }
+
+    #[test]
     fn non_utf8_and_non_json_bodies_are_invalid_without_an_id() {
         assert!(matches!(
             parse_job(&[0xff, 0xfe], 100),
