@@ -169,7 +169,7 @@ impl Provider {
         }
         let mut body = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
         while let Some(chunk) = response.chunk().await.map_err(|e| self.transport_error(e))? {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
+            if body.len().saturating_add(chunk.len()) > MAX_BODY_BYTES {
                 return Err(too_large);
             }
             body.extend_from_slice(&chunk);

@@ -123,7 +123,7 @@ impl Worker {
                 let usage = &completed.review.usage;
                 info!(
                     provider = %completed.provider, model = %completed.model, outcome = "completed",
-                    latency_ms = clock.elapsed().as_millis() as u64, prompt_tokens = usage.prompt_tokens,
+                    latency_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX), prompt_tokens = usage.prompt_tokens,
                     completion_tokens = usage.completion_tokens, suggestions = completed.review.suggestions.len(),
                     used_fallback = completed.used_fallback, attempt = attempts,
                     "review {}#{} by {} {}: {} suggestion(s) in {} ms",
@@ -400,7 +400,7 @@ impl Worker {
             if !tasks.is_empty() {
                 info!(
                     in_flight = tasks.len(),
-                    drain_ms = drain.as_millis() as u64,
+                    drain_ms = u64::try_from(drain.as_millis()).unwrap_or(u64::MAX),
                     "draining reviews in flight"
                 );
             }

@@ -377,7 +377,7 @@ pub(crate) fn parse_reset_time(message: &str, now: DateTime<Utc>) -> Option<Date
         if !c.is_ascii_digit() {
             return None;
         }
-        let candidate = message.get(at..at + 19)?;
+        let candidate = message.get(at..at.saturating_add(19))?;
         let naive = NaiveDateTime::parse_from_str(candidate, "%Y-%m-%d %H:%M:%S").ok()?;
         Some(beijing.from_local_datetime(&naive).single()?.with_timezone(&Utc))
     });

@@ -169,10 +169,11 @@ pub struct Usage {
 
 impl Usage {
     pub fn add(&mut self, other: &Usage) {
-        self.requests += other.requests;
-        self.prompt_tokens += other.prompt_tokens;
-        self.completion_tokens += other.completion_tokens;
-        self.cached_tokens += other.cached_tokens;
+        // The counts come from the provider: a nonsense one must not panic the worker.
+        self.requests = self.requests.saturating_add(other.requests);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.completion_tokens = self.completion_tokens.saturating_add(other.completion_tokens);
+        self.cached_tokens = self.cached_tokens.saturating_add(other.cached_tokens);
     }
 }
 
@@ -252,10 +253,7 @@ pub fn rfc3339(at: DateTime<Utc>) -> String {
 pub fn one_line(text: &str) -> String {
     let mut line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if line.len() > 1000 {
-        let mut cut = 1000;
-        while !line.is_char_boundary(cut) {
-            cut -= 1;
-        }
+        let cut = (0..=1000).rev().find(|&at| line.is_char_boundary(at)).unwrap_or(0);
         line.truncate(cut);
         line.push('…');
     }

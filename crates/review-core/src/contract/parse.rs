@@ -470,6 +470,10 @@ fn integer(raw: &RawValue, at: &str, min: u64) -> Checked<u64> {
     if kind(raw) != "a number" {
         return Err(wrong());
     }
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the f64 cast below is of a finite whole number from min to u64::MAX, checked before it"
+    )]
     let value = if text.bytes().all(|b| b.is_ascii_digit()) {
         // Too many digits for u64 is still an integer, just one we cannot hold.
         text.parse::<u64>()
@@ -575,6 +579,10 @@ pub(crate) fn unescape(literal: &str) -> Option<Cow<'_, str>> {
                     0xD800..=0xDBFF => {
                         let low = escape.get(5..7).filter(|u| *u == "\\u").and(escape.get(7..11))?;
                         let low = hex4(low).filter(|low| (0xDC00..=0xDFFF).contains(low))?;
+                        #[expect(
+                            clippy::arithmetic_side_effects,
+                            reason = "high is in D800..=DBFF and low in DC00..=DFFF: at most 0x10FFFF"
+                        )]
                         let code = 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00);
                         (char::from_u32(code)?, 11)
                     }
@@ -607,13 +615,17 @@ fn hex4(digits: &str) -> Option<u32> {
 fn sniff_job_id(body: &[u8]) -> Option<String> {
     const KEY: &[u8] = b"\"job_id\"";
     let mut from = 0;
-    while let Some(at) = body[from..].windows(KEY.len()).position(|w| w == KEY).map(|p| p + from) {
-        from = at + KEY.len();
-        if at > 0 && body[at - 1] == b'\\' {
+    while let Some(at) = body[from..]
+        .windows(KEY.len())
+        .position(|w| w == KEY)
+        .map(|p| p.saturating_add(from))
+    {
+        from = at.saturating_add(KEY.len());
+        if at.checked_sub(1).and_then(|before| body.get(before)) == Some(&b'\\') {
             continue;
         }
         // A lossy window: an id is short, and a cut character at the end does not matter.
-        let window = String::from_utf8_lossy(&body[from..body.len().min(from + 200)]);
+        let window = String::from_utf8_lossy(&body[from..body.len().min(from.saturating_add(200))]);
         let rest = window.as_ref();
         let Some(rest) = rest.trim_start().strip_prefix(':') else {
             continue;
