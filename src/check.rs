@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::provider::{Provider, ProviderError};
+use crate::provider::{AccountProblem, Provider, ProviderError};
 
 /// What a successful probe found.
 #[derive(Debug, Clone)]
@@ -22,10 +22,17 @@ pub(crate) async fn probe(provider: &Provider) -> Result<Probe, ProviderError> {
     let latency = started.elapsed();
     let model_listed = (!models.is_empty()).then(|| models.iter().any(|m| m.eq_ignore_ascii_case(provider.model())));
     if model_listed == Some(false) {
-        return Err(ProviderError::from_response(
-            400,
-            &serde_json::json!({"error": {"code": "1211", "message": format!("Unknown Model: {} is not among the {} models this endpoint lists ({})", provider.model(), models.len(), models.join(", "))}}).to_string(),
-        ));
+        return Err(ProviderError::Account {
+            status: 400,
+            code: Some("1211".to_owned()),
+            message: format!(
+                "Unknown Model: {} is not among the {} models this endpoint lists ({})",
+                provider.model(),
+                models.len(),
+                models.join(", ")
+            ),
+            problem: AccountProblem::UnknownModel,
+        });
     }
     Ok(Probe {
         latency,

@@ -168,7 +168,11 @@ fn lossy_note(diff: &str, invalid: usize) -> String {
     let place = match files.len() {
         0 => String::new(),
         1..=10 => format!(" in {}", files.join(", ")),
-        more => format!(" in {} and {} more file(s)", files[..10].join(", "), more - 10),
+        more => format!(
+            " in {} and {} more file(s)",
+            files[..10].join(", "),
+            more.saturating_sub(10)
+        ),
     };
     format!(
         "Note: the diff is not valid UTF-8: {invalid} byte sequence(s) were read as U+FFFD{place}; \

@@ -150,12 +150,12 @@ impl Facts {
                 .and_then(|ms| i64::try_from(ms).ok())
                 .and_then(DateTime::<Utc>::from_timestamp_millis)
         };
-        let age_since = |born: DateTime<Utc>| (now - born).to_std().ok();
+        let age_since = |born: DateTime<Utc>| now.signed_duration_since(born).to_std().ok();
         let age = created_at
             .and_then(age_since)
             .or_else(|| at(headers::FIRST_SEEN).and_then(age_since));
         let not_before_in = at(headers::NOT_BEFORE)
-            .and_then(|not_before| (not_before - now).to_std().ok())
+            .and_then(|not_before| not_before.signed_duration_since(now).to_std().ok())
             .map(|wait| wait.min(settings.max_job_age));
         Self {
             counters: Counters {
@@ -303,7 +303,9 @@ fn paused_delay(pause: &Pause, now: DateTime<Utc>) -> Duration {
     if pause.needs_probe {
         PAUSED_DELAY
     } else {
-        (pause.until - now)
+        pause
+            .until
+            .signed_duration_since(now)
             .to_std()
             .unwrap_or(Duration::ZERO)
             .max(Duration::from_secs(1))

@@ -10,7 +10,7 @@ use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
 
 pub(crate) use review_core::chat::{ChatAnswer, Message};
-pub(crate) use review_core::classify::{Action, ProviderError, QuotaWindow};
+pub(crate) use review_core::classify::{AccountProblem, Action, ProviderError};
 
 /// The largest answer body read. A review answer is tens of kilobytes, and even a model's whole
 /// output window (~128k tokens) is well under this; anything larger is refused as transient.
@@ -169,7 +169,7 @@ impl Provider {
         }
         let mut body = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
         while let Some(chunk) = response.chunk().await.map_err(|e| self.transport_error(e))? {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
+            if body.len().saturating_add(chunk.len()) > MAX_BODY_BYTES {
                 return Err(too_large);
             }
             body.extend_from_slice(&chunk);
@@ -215,11 +215,7 @@ fn read_chat_body(status: u16, body: &[u8], latency: Duration) -> Result<ChatAns
 fn parse_chat_answer(value: &Value, latency: Duration) -> Result<ChatAnswer, ProviderError> {
     let choice = value.get("choices").and_then(|c| c.get(0));
     let message = choice.and_then(|c| c.get("message"));
-    let finish_reason = choice
-        .and_then(|c| c.get("finish_reason"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    match finish_reason.as_deref() {
+    match choice.and_then(|c| c.get("finish_reason")).and_then(Value::as_str) {
         Some("sensitive") => {
             return Err(ProviderError::Rejected {
                 status: 200,
@@ -272,7 +268,6 @@ fn parse_chat_answer(value: &Value, latency: Duration) -> Result<ChatAnswer, Pro
     Ok(ChatAnswer {
         content,
         tool_arguments,
-        finish_reason,
         usage: Usage {
             requests: 1,
             prompt_tokens: count("/prompt_tokens"),

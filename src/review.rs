@@ -238,7 +238,6 @@ mod tests {
         ChatAnswer {
             content: Some(content.to_owned()),
             tool_arguments: Vec::new(),
-            finish_reason: Some("stop".into()),
             usage: Usage {
                 requests: 1,
                 prompt_tokens: 100,

@@ -80,15 +80,16 @@ impl Worker {
     pub(crate) async fn handle_delivery(&self, body: &[u8], envelope: &Envelope) -> anyhow::Result<&'static str> {
         let job = match parse_job(body, self.review.max_job_bytes) {
             Ok(job) => job,
-            Err((invalid, job_id)) => {
-                warn!(job_id = job_id.as_deref().unwrap_or("-"), routing_key = %envelope.routing_key, "invalid job, dead-lettering it: {invalid}");
+            Err(rejected) => {
+                let job_id = rejected.job_id.as_deref();
+                warn!(job_id = job_id.unwrap_or("-"), routing_key = %envelope.routing_key, "invalid job, dead-lettering it: {rejected}");
                 let fate = Fate::DeadLetter {
                     kind: DeadKind::Failed(FailureKind::InvalidJob),
-                    message: invalid.to_string(),
+                    message: rejected.to_string(),
                     attempts: 1,
                     result: Some(FailureKind::InvalidJob),
                 };
-                return self.settle(fate, job_id.as_deref(), body, envelope).await;
+                return self.settle(fate, job_id, body, envelope).await;
             }
         };
         let span = info_span!("job", job_id = %job.job_id, repository = %job.repository.full_name, pr = job.pull_request.number);
@@ -122,7 +123,7 @@ impl Worker {
                 let usage = &completed.review.usage;
                 info!(
                     provider = %completed.provider, model = %completed.model, outcome = "completed",
-                    latency_ms = clock.elapsed().as_millis() as u64, prompt_tokens = usage.prompt_tokens,
+                    latency_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX), prompt_tokens = usage.prompt_tokens,
                     completion_tokens = usage.completion_tokens, suggestions = completed.review.suggestions.len(),
                     used_fallback = completed.used_fallback, attempt = attempts,
                     "review {}#{} by {} {}: {} suggestion(s) in {} ms",
@@ -282,7 +283,10 @@ impl Worker {
     }
 
     async fn settle_panic(&self, body: &[u8], envelope: &Envelope, what: &str) -> anyhow::Result<&'static str> {
-        let job_id = parse_job(body, self.review.max_job_bytes).ok().map(|job| job.job_id);
+        let job_id = match parse_job(body, self.review.max_job_bytes) {
+            Ok(job) => Some(job.job_id),
+            Err(rejected) => rejected.job_id,
+        };
         error!(
             job_id = job_id.as_deref().unwrap_or("-"),
             "the worker failed on a job (a bug; please report it): {what}"
@@ -396,7 +400,7 @@ impl Worker {
             if !tasks.is_empty() {
                 info!(
                     in_flight = tasks.len(),
-                    drain_ms = drain.as_millis() as u64,
+                    drain_ms = u64::try_from(drain.as_millis()).unwrap_or(u64::MAX),
                     "draining reviews in flight"
                 );
             }

@@ -10,12 +10,12 @@ use crate::contract::Usage;
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Message {
-    pub role: &'static str,
+    pub(crate) role: &'static str,
     pub content: String,
 }
 
 impl Message {
-    pub fn system(content: impl Into<String>) -> Self {
+    pub(crate) fn system(content: impl Into<String>) -> Self {
         Self {
             role: "system",
             content: content.into(),
@@ -41,7 +41,6 @@ pub struct ChatAnswer {
     pub content: Option<String>,
     /// `tool_calls[].function.arguments`, for models that answer through a tool call.
     pub tool_arguments: Vec<String>,
-    pub finish_reason: Option<String>,
     pub usage: Usage,
     pub latency: Duration,
 }

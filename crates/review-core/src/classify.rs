@@ -75,12 +75,12 @@ pub enum ProviderError {
         message: String,
     },
     /// 401, 1000–1004, 1113, 1309, 1211, 1311, 1313, 404: the operator must act.
-    #[error("account or configuration problem (HTTP {status}{}): {message}; {}", code_suffix(.code), .advice)]
+    #[error("account or configuration problem (HTTP {status}{}): {message}; {}", code_suffix(.code), .problem.advice())]
     Account {
         status: u16,
         code: Option<String>,
         message: String,
-        advice: &'static str,
+        problem: AccountProblem,
     },
     /// 1210, 1214, other 4xx, context too large, content refused.
     #[error("request rejected (HTTP {status}{}): {message}", code_suffix(.code))]
@@ -105,18 +105,84 @@ fn reset_suffix(reset_at: &Option<DateTime<Utc>>) -> String {
         .unwrap_or_default()
 }
 
-pub(crate) const KEY_MISMATCH_ADVICE: &str = "the key doesn't match the endpoint: Coding Plan keys work only on \
-     https://api.z.ai/api/coding/paas/v4, developer keys only on https://api.z.ai/api/paas/v4/ \
-     (check API_OPENAI_FORCE_BASE_URL and API_OPEN_AI_API_KEY)";
-const BALANCE_ADVICE: &str = "insufficient balance or no resource package; if this is a Coding Plan key, \
-     point API_OPENAI_FORCE_BASE_URL at https://api.z.ai/api/coding/paas/v4";
-const EXPIRED_ADVICE: &str = "the GLM Coding Plan package has expired: renew it at z.ai/subscribe";
-const MODEL_ADVICE: &str = "the model id is wrong: set API_LLM_PROVIDER_MODEL to one the endpoint lists \
-     (glm-5.1, glm-5-turbo, glm-5, glm-4.5, glm-4.5-air)";
-const PLAN_MODEL_ADVICE: &str = "the model is not included in this plan: choose another API_LLM_PROVIDER_MODEL";
-const FAIR_USE_ADVICE: &str = "the account is throttled under the Fair Usage Policy: slow down or contact Z.AI";
-const NOT_FOUND_ADVICE: &str = "the base URL is wrong: use https://api.z.ai/api/coding/paas/v4 or \
-     https://api.z.ai/api/paas/v4/ (no /v1 segment)";
+/// Which account or configuration problem an answer names: each is the operator's to fix, and
+/// each has its own advice. Decided from the code (or, without one, the status) in [`classify`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountProblem {
+    /// 401/403, 1000–1004, and 1113 at the probe: the key is invalid, or is one plan's key sent
+    /// to the other plan's endpoint.
+    InvalidKey,
+    /// 1113 at review time: no balance or resource package (or a Coding Plan key on the
+    /// developer endpoint).
+    NoBalance,
+    /// 1309: the Coding Plan package has expired.
+    PlanExpired,
+    /// 1211: the endpoint does not know the model id.
+    UnknownModel,
+    /// 1311: the model exists but the plan does not include it.
+    ModelNotInPlan,
+    /// 1313: the account is throttled under the Fair Usage Policy.
+    FairUse,
+    /// 404: the base URL is wrong.
+    WrongBaseUrl,
+}
+
+impl AccountProblem {
+    /// The problem a Z.AI code names, if it names one.
+    fn from_code(code: &str) -> Option<Self> {
+        Some(match code {
+            "1000" | "1001" | "1002" | "1003" | "1004" => Self::InvalidKey,
+            "1113" => Self::NoBalance,
+            "1309" => Self::PlanExpired,
+            "1211" => Self::UnknownModel,
+            "1311" => Self::ModelNotInPlan,
+            "1313" => Self::FairUse,
+            _ => return None,
+        })
+    }
+
+    /// What the operator should do: goes into the error's text, so into `check`'s output, the
+    /// start-up failure and the pause log line.
+    pub(crate) fn advice(self) -> &'static str {
+        match self {
+            Self::InvalidKey => {
+                "the key doesn't match the endpoint: Coding Plan keys work only on \
+                 https://api.z.ai/api/coding/paas/v4, developer keys only on https://api.z.ai/api/paas/v4/ \
+                 (check API_OPENAI_FORCE_BASE_URL and API_OPEN_AI_API_KEY)"
+            }
+            Self::NoBalance => {
+                "insufficient balance or no resource package; if this is a Coding Plan key, \
+                 point API_OPENAI_FORCE_BASE_URL at https://api.z.ai/api/coding/paas/v4"
+            }
+            Self::PlanExpired => "the GLM Coding Plan package has expired: renew it at z.ai/subscribe",
+            Self::UnknownModel => {
+                "the model id is wrong: set API_LLM_PROVIDER_MODEL to one the endpoint lists \
+                 (glm-5.1, glm-5-turbo, glm-5, glm-4.5, glm-4.5-air)"
+            }
+            Self::ModelNotInPlan => "the model is not included in this plan: choose another API_LLM_PROVIDER_MODEL",
+            Self::FairUse => "the account is throttled under the Fair Usage Policy: slow down or contact Z.AI",
+            Self::WrongBaseUrl => {
+                "the base URL is wrong: use https://api.z.ai/api/coding/paas/v4 or \
+                 https://api.z.ai/api/paas/v4/ (no /v1 segment)"
+            }
+        }
+    }
+
+    /// A few words an operator can grep for; also the reason `/ready` gives while paused.
+    pub(crate) fn meaning(self) -> &'static str {
+        match self {
+            Self::InvalidKey => "invalid key",
+            Self::WrongBaseUrl => "wrong base URL",
+            Self::UnknownModel | Self::ModelNotInPlan => "model not available",
+            Self::NoBalance | Self::PlanExpired | Self::FairUse => "account unusable",
+        }
+    }
+
+    /// Problems that `GET /models` answers 200 to, so a successful probe says nothing about them.
+    fn invisible_to_probe(self) -> bool {
+        matches!(self, Self::PlanExpired | Self::ModelNotInPlan | Self::FairUse)
+    }
+}
 
 impl ProviderError {
     /// Classifies a non-success answer (or a 200 that carries an `error` object).
@@ -152,7 +218,7 @@ impl ProviderError {
                 status,
                 code,
                 message,
-                advice: KEY_MISMATCH_ADVICE,
+                problem: AccountProblem::InvalidKey,
             },
             other => other,
         }
@@ -202,17 +268,7 @@ impl ProviderError {
                 QuotaWindow::Weekly => "weekly quota exhausted",
                 QuotaWindow::Other => "quota exhausted",
             },
-            Self::Account { advice, .. } => {
-                if *advice == KEY_MISMATCH_ADVICE {
-                    "invalid key"
-                } else if *advice == NOT_FOUND_ADVICE {
-                    "wrong base URL"
-                } else if *advice == MODEL_ADVICE || *advice == PLAN_MODEL_ADVICE {
-                    "model not available"
-                } else {
-                    "account unusable"
-                }
-            }
+            Self::Account { problem, .. } => problem.meaning(),
             Self::Rejected { .. } => "request rejected",
         }
     }
@@ -227,7 +283,7 @@ impl ProviderError {
     /// 1309 (plan expired), 1311 (model not in the plan), 1313 (fair-use throttle): account
     /// problems that `GET /models` answers 200 to, so a successful probe says nothing about them.
     pub fn invisible_to_probe(&self) -> bool {
-        matches!(self, Self::Account { code: Some(code), .. } if matches!(code.as_str(), "1309" | "1311" | "1313"))
+        matches!(self, Self::Account { problem, .. } if problem.invisible_to_probe())
     }
 }
 
@@ -253,19 +309,16 @@ fn is_code_token(code: &str) -> bool {
 
 fn classify(status: u16, code: Option<String>, message: String, now: DateTime<Utc>) -> ProviderError {
     use ProviderError::*;
-    let account = |advice| Account {
+    let account = |problem| Account {
         status,
         code: code.clone(),
         message: message.clone(),
-        advice,
+        problem,
     };
+    if let Some(problem) = code.as_deref().and_then(AccountProblem::from_code) {
+        return account(problem);
+    }
     match code.as_deref() {
-        Some("1000" | "1001" | "1002" | "1003" | "1004") => account(KEY_MISMATCH_ADVICE),
-        Some("1113") => account(BALANCE_ADVICE),
-        Some("1309") => account(EXPIRED_ADVICE),
-        Some("1211") => account(MODEL_ADVICE),
-        Some("1311") => account(PLAN_MODEL_ADVICE),
-        Some("1313") => account(FAIR_USE_ADVICE),
         Some("1302" | "1303" | "1305" | "1312") => RateLimited { status, code, message },
         Some(c @ ("1308" | "1310" | "1316" | "1317" | "1318" | "1319" | "1320" | "1321")) => QuotaExhausted {
             code: c.to_owned(),
@@ -279,8 +332,8 @@ fn classify(status: u16, code: Option<String>, message: String, now: DateTime<Ut
         },
         Some("1210" | "1214") => Rejected { status, code, message },
         _ => match status {
-            401 | 403 => account(KEY_MISMATCH_ADVICE),
-            404 => account(NOT_FOUND_ADVICE),
+            401 | 403 => account(AccountProblem::InvalidKey),
+            404 => account(AccountProblem::WrongBaseUrl),
             // An unknown 429 is a rate limit: back off, never fail the job for it.
             429 => RateLimited { status, code, message },
             408 | 500..=599 => Server { status, code, message },
@@ -314,7 +367,7 @@ pub(crate) fn parse_reset_time(message: &str, now: DateTime<Utc>) -> Option<Date
         if !c.is_ascii_digit() {
             return None;
         }
-        let candidate = message.get(at..at + 19)?;
+        let candidate = message.get(at..at.saturating_add(19))?;
         let naive = NaiveDateTime::parse_from_str(candidate, "%Y-%m-%d %H:%M:%S").ok()?;
         Some(beijing.from_local_datetime(&naive).single()?.with_timezone(&Utc))
     });
@@ -334,6 +387,71 @@ mod tests {
         ProviderError::from_response(status, &body(code, message))
     }
 
+    fn problem(e: &ProviderError) -> Option<AccountProblem> {
+        match e {
+            ProviderError::Account { problem, .. } => Some(*problem),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn each_account_code_names_its_problem_and_the_problem_gives_the_advice() {
+        use AccountProblem::*;
+        let coding_plan_keys = "Coding Plan keys work only on https://api.z.ai/api/coding/paas/v4";
+        for (status, code, expected, advice) in [
+            (401, "1000", InvalidKey, coding_plan_keys),
+            (401, "1001", InvalidKey, coding_plan_keys),
+            (401, "1002", InvalidKey, coding_plan_keys),
+            (401, "1003", InvalidKey, coding_plan_keys),
+            (401, "1004", InvalidKey, coding_plan_keys),
+            (429, "1113", NoBalance, "insufficient balance or no resource package"),
+            (429, "1309", PlanExpired, "renew it at z.ai/subscribe"),
+            (
+                400,
+                "1211",
+                UnknownModel,
+                "set API_LLM_PROVIDER_MODEL to one the endpoint lists",
+            ),
+            (429, "1311", ModelNotInPlan, "not included in this plan"),
+            (429, "1313", FairUse, "Fair Usage Policy"),
+        ] {
+            let e = class(status, code, "whatever the text says");
+            assert_eq!(problem(&e), Some(expected), "{code}");
+            assert!(e.to_string().ends_with(expected.advice()), "{code}: {e}");
+            assert!(expected.advice().contains(advice), "{code}: {}", expected.advice());
+            assert_eq!(e.meaning(), expected.meaning(), "{code}");
+        }
+    }
+
+    #[test]
+    fn without_a_code_401_and_403_are_an_invalid_key_and_404_a_wrong_base_url() {
+        for (status, expected) in [
+            (401, AccountProblem::InvalidKey),
+            (403, AccountProblem::InvalidKey),
+            (404, AccountProblem::WrongBaseUrl),
+        ] {
+            let e = ProviderError::from_response(status, "");
+            assert_eq!(problem(&e), Some(expected), "{status}");
+        }
+        assert!(AccountProblem::WrongBaseUrl.advice().contains("no /v1 segment"));
+    }
+
+    #[test]
+    fn the_meanings_operators_grep_for_come_from_the_problem() {
+        use AccountProblem::*;
+        for (p, meaning) in [
+            (InvalidKey, "invalid key"),
+            (WrongBaseUrl, "wrong base URL"),
+            (UnknownModel, "model not available"),
+            (ModelNotInPlan, "model not available"),
+            (NoBalance, "account unusable"),
+            (PlanExpired, "account unusable"),
+            (FairUse, "account unusable"),
+        ] {
+            assert_eq!(p.meaning(), meaning, "{p:?}");
+        }
+    }
+
     #[test]
     fn every_authorization_code_pauses_for_the_operator() {
         for code in ["1000", "1001", "1002", "1003", "1004"] {
@@ -342,6 +460,7 @@ mod tests {
                 code,
                 "Authorization Token is invalid, please ensure the token is correct",
             );
+            assert_eq!(problem(&e), Some(AccountProblem::InvalidKey), "{code}");
             assert_eq!(e.action(), Action::PauseAccount, "{code}");
             assert_eq!(e.code().as_deref(), Some(code));
             assert_eq!(e.meaning(), "invalid key");
@@ -378,6 +497,7 @@ mod tests {
             "Insufficient balance or no resource package. Please recharge.",
         )
         .at_probe();
+        assert_eq!(problem(&e), Some(AccountProblem::InvalidKey));
         assert_eq!(e.meaning(), "invalid key");
         assert!(e.to_string().contains("Coding Plan keys work only on"));
     }

@@ -13,7 +13,8 @@ mod parse;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use parse::{InvalidJob, MAX_FILES, parse_job};
+pub(crate) use parse::MAX_FILES;
+pub use parse::{RejectedJob, parse_job};
 
 pub(crate) const JOB_SCHEMA_ID: &str = "review-job/v1";
 pub const RESULT_SCHEMA_ID: &str = "review-result/v1";
@@ -57,10 +58,10 @@ pub struct PullRequest {
 /// One changed file, the alternative to a whole `diff`.
 #[derive(Debug, Clone)]
 pub struct JobFile {
-    pub path: String,
-    pub previous_path: Option<String>,
-    pub status: Option<FileStatusHint>,
-    pub patch: String,
+    pub(crate) path: String,
+    pub(crate) previous_path: Option<String>,
+    pub(crate) status: Option<FileStatusHint>,
+    pub(crate) patch: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +93,7 @@ pub enum Severity {
 
 impl Severity {
     /// Reads the words models use for severities, leniently (`"HIGH"`, `"major"`, `"info"`).
-    pub fn parse_lenient(word: &str) -> Option<Self> {
+    pub(crate) fn parse_lenient(word: &str) -> Option<Self> {
         match word.trim().to_ascii_lowercase().as_str() {
             "low" | "info" | "minor" | "trivial" | "nit" | "suggestion" => Some(Self::Low),
             "medium" | "moderate" | "warning" | "normal" => Some(Self::Medium),
@@ -101,33 +102,24 @@ impl Severity {
             _ => None,
         }
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Low => "low",
-            Self::Medium => "medium",
-            Self::High => "high",
-            Self::Critical => "critical",
-        }
-    }
 }
 
 /// A suggestion as the result carries it: always anchored to lines the diff changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Suggestion {
-    pub file: String,
+    pub(crate) file: String,
     pub line_start: u32,
-    pub line_end: u32,
-    pub severity: Severity,
+    pub(crate) line_end: u32,
+    pub(crate) severity: Severity,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
+    pub(crate) label: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub title: Option<String>,
-    pub body: String,
+    pub(crate) title: Option<String>,
+    pub(crate) body: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub existing_code: Option<String>,
+    pub(crate) existing_code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub improved_code: Option<String>,
+    pub(crate) improved_code: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,8 +155,8 @@ impl FailureKind {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultError {
-    pub kind: FailureKind,
-    pub message: String,
+    pub(crate) kind: FailureKind,
+    pub(crate) message: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,10 +169,11 @@ pub struct Usage {
 
 impl Usage {
     pub fn add(&mut self, other: &Usage) {
-        self.requests += other.requests;
-        self.prompt_tokens += other.prompt_tokens;
-        self.completion_tokens += other.completion_tokens;
-        self.cached_tokens += other.cached_tokens;
+        // The counts come from the provider: a nonsense one must not panic the worker.
+        self.requests = self.requests.saturating_add(other.requests);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.completion_tokens = self.completion_tokens.saturating_add(other.completion_tokens);
+        self.cached_tokens = self.cached_tokens.saturating_add(other.cached_tokens);
     }
 }
 
@@ -260,10 +253,7 @@ pub fn rfc3339(at: DateTime<Utc>) -> String {
 pub fn one_line(text: &str) -> String {
     let mut line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if line.len() > 1000 {
-        let mut cut = 1000;
-        while !line.is_char_boundary(cut) {
-            cut -= 1;
-        }
+        let cut = (0..=1000).rev().find(|&at| line.is_char_boundary(at)).unwrap_or(0);
         line.truncate(cut);
         line.push('…');
     }
@@ -273,6 +263,7 @@ pub fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use parse::InvalidJob;
 
     const EXAMPLE_JOB: &str = include_str!("../../../docs/contract/examples/job.json");
 
@@ -287,9 +278,9 @@ mod tests {
     fn a_job_without_diff_or_files_is_rejected_with_its_id() {
         let body =
             r#"{"schema":"review-job/v1","job_id":"j1","repository":{"full_name":"a/b"},"pull_request":{"number":1}}"#;
-        let (error, id) = parse_job(body.as_bytes(), 1 << 20).unwrap_err();
-        assert!(matches!(error, InvalidJob::Schema(_)), "{error}");
-        assert_eq!(id.as_deref(), Some("j1"));
+        let rejected = parse_job(body.as_bytes(), 1 << 20).unwrap_err();
+        assert!(matches!(rejected.problem, InvalidJob::Schema(_)), "{rejected}");
+        assert_eq!(rejected.job_id.as_deref(), Some("j1"));
     }
 
     #[test]
@@ -298,12 +289,32 @@ mod tests {
             r#"{{"diff": "{} \\"job_id\\": \\"inner\\"", "job_id": "big-1"}}"#,
             "x".repeat(5000)
         );
-        let (error, id) = parse_job(body.as_bytes(), 100).unwrap_err();
-        assert!(matches!(error, InvalidJob::TooLarge { .. }));
+        let rejected = parse_job(body.as_bytes(), 100).unwrap_err();
+        assert!(matches!(rejected.problem, InvalidJob::TooLarge { .. }));
         assert_eq!(
-            id.as_deref(),
+            rejected.job_id.as_deref(),
             Some("big-1"),
             "the id after the diff, not the escaped one inside it"
+        );
+    }
+
+    #[test]
+    fn a_rejected_job_reads_as_its_problem_and_keeps_the_id_of_an_oversized_or_invalid_job() {
+        let oversized = format!(r#"{{"job_id": "big-2", "diff": "{}"}}"#, "x".repeat(500));
+        let rejected = parse_job(oversized.as_bytes(), 100).unwrap_err();
+        assert_eq!(rejected.job_id.as_deref(), Some("big-2"));
+        assert_eq!(rejected.to_string(), rejected.problem.to_string());
+        assert!(
+            rejected.to_string().contains("more than the 100 bytes allowed"),
+            "{rejected}"
+        );
+        let invalid = EXAMPLE_JOB.replace(r#""number": 42"#, r#""number": "42""#);
+        assert_ne!(invalid, EXAMPLE_JOB, "the example has the number to break");
+        let rejected = parse_job(invalid.as_bytes(), 1 << 20).unwrap_err();
+        assert_eq!(rejected.job_id.as_deref(), Some("7b1c2f0e-4f5e-4d59-9b7a-1f0d3c1e9a11"));
+        assert_eq!(
+            rejected.to_string(),
+            "job does not match review-job/v1: at /pull_request/number: must be an integer of at least 1, not a string"
         );
     }
 
@@ -311,9 +322,18 @@ mod tests {
     fn non_utf8_and_non_json_bodies_are_invalid_without_an_id() {
         assert!(matches!(
             parse_job(&[0xff, 0xfe], 100),
-            Err((InvalidJob::NotUtf8(_), None))
+            Err(RejectedJob {
+                problem: InvalidJob::NotUtf8(_),
+                job_id: None
+            })
         ));
-        assert!(matches!(parse_job(b"nope", 100), Err((InvalidJob::NotJson(_), None))));
+        assert!(matches!(
+            parse_job(b"nope", 100),
+            Err(RejectedJob {
+                problem: InvalidJob::NotJson(_),
+                job_id: None
+            })
+        ));
     }
 
     #[test]

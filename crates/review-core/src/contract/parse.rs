@@ -24,7 +24,7 @@ use super::{FileStatusHint, JOB_SCHEMA_ID, Job, JobFile, PullRequest, Repository
 pub(crate) const MAX_ID_BYTES: usize = 128;
 /// `files` entries (the schema's `maxItems`). Each costs a few hundred bytes once parsed, and no
 /// forge produces more: GitHub lists at most 3,000 files for a pull request.
-pub const MAX_FILES: usize = 20_000;
+pub(crate) const MAX_FILES: usize = 20_000;
 /// `options.ignore_paths` entries and their length in characters (the schema's `maxItems` and
 /// `maxLength`): every pattern compiles into the matcher, so these bound its size.
 pub(crate) const MAX_IGNORE_PATHS: usize = 1_000;
@@ -33,7 +33,7 @@ pub(crate) const MAX_PATTERN_CHARS: usize = 1_024;
 /// Why a message body is not a job we can review. The texts are short and quote nothing from the
 /// body.
 #[derive(Debug, thiserror::Error)]
-pub enum InvalidJob {
+pub(crate) enum InvalidJob {
     #[error("job body is {size} bytes, more than the {limit} bytes allowed (API_REVIEW_MAX_JOB_BYTES)")]
     TooLarge { size: usize, limit: usize },
     #[error("job body is not UTF-8: {0}")]
@@ -44,26 +44,43 @@ pub enum InvalidJob {
     Schema(String),
 }
 
-/// Parses and validates a job body. On failure, also returns the `job_id` when one can be read and
-/// is one the broker can carry, so that the producer still hears about its job.
-pub fn parse_job(body: &[u8], max_bytes: usize) -> Result<Job, (InvalidJob, Option<String>)> {
+/// A body refused as a job: why, and its `job_id` when one can be read and is one the broker can
+/// carry, so that the producer still hears about its job.
+#[derive(Debug, thiserror::Error)]
+#[error("{problem}")]
+pub struct RejectedJob {
+    pub(crate) problem: InvalidJob,
+    pub job_id: Option<String>,
+}
+
+impl RejectedJob {
+    fn without_id(problem: InvalidJob) -> Self {
+        Self { problem, job_id: None }
+    }
+}
+
+/// Parses and validates a job body.
+pub fn parse_job(body: &[u8], max_bytes: usize) -> Result<Job, RejectedJob> {
     if body.len() > max_bytes {
         // Too large to parse safely; a cheap scan may still find the id near the start.
-        return Err((
-            InvalidJob::TooLarge {
+        return Err(RejectedJob {
+            problem: InvalidJob::TooLarge {
                 size: body.len(),
                 limit: max_bytes,
             },
-            sniff_job_id(body),
-        ));
+            job_id: sniff_job_id(body),
+        });
     }
-    let text = std::str::from_utf8(body).map_err(|e| (InvalidJob::NotUtf8(e), None))?;
+    let text = std::str::from_utf8(body).map_err(|e| RejectedJob::without_id(InvalidJob::NotUtf8(e)))?;
     // A syntax check of the whole body that allocates nothing but a byte per nesting level.
-    let whole: &RawValue = serde_json::from_str(text).map_err(|e| (InvalidJob::NotJson(e), None))?;
+    let whole: &RawValue = serde_json::from_str(text).map_err(|e| RejectedJob::without_id(InvalidJob::NotJson(e)))?;
     let fields: JobFields<'_> =
-        object(whole, "/").map_err(|problem| (InvalidJob::Schema(problem.to_string()), None))?;
+        object(whole, "/").map_err(|problem| RejectedJob::without_id(InvalidJob::Schema(problem.to_string())))?;
     let job_id = fields.job_id.0.and_then(|raw| job_id(raw).ok());
-    validate(&fields).map_err(|problem| (problem.into_invalid(), job_id))
+    validate(&fields).map_err(|problem| RejectedJob {
+        problem: problem.into_invalid(),
+        job_id,
+    })
 }
 
 /// One broken rule: where, and what was expected. Displays as `at /pull_request/number: must be
@@ -453,6 +470,10 @@ fn integer(raw: &RawValue, at: &str, min: u64) -> Checked<u64> {
     if kind(raw) != "a number" {
         return Err(wrong());
     }
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the f64 cast below is of a finite whole number from min to u64::MAX, checked before it"
+    )]
     let value = if text.bytes().all(|b| b.is_ascii_digit()) {
         // Too many digits for u64 is still an integer, just one we cannot hold.
         text.parse::<u64>()
@@ -558,6 +579,10 @@ pub(crate) fn unescape(literal: &str) -> Option<Cow<'_, str>> {
                     0xD800..=0xDBFF => {
                         let low = escape.get(5..7).filter(|u| *u == "\\u").and(escape.get(7..11))?;
                         let low = hex4(low).filter(|low| (0xDC00..=0xDFFF).contains(low))?;
+                        #[expect(
+                            clippy::arithmetic_side_effects,
+                            reason = "high is in D800..=DBFF and low in DC00..=DFFF: at most 0x10FFFF"
+                        )]
                         let code = 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00);
                         (char::from_u32(code)?, 11)
                     }
@@ -590,13 +615,17 @@ fn hex4(digits: &str) -> Option<u32> {
 fn sniff_job_id(body: &[u8]) -> Option<String> {
     const KEY: &[u8] = b"\"job_id\"";
     let mut from = 0;
-    while let Some(at) = body[from..].windows(KEY.len()).position(|w| w == KEY).map(|p| p + from) {
-        from = at + KEY.len();
-        if at > 0 && body[at - 1] == b'\\' {
+    while let Some(at) = body[from..]
+        .windows(KEY.len())
+        .position(|w| w == KEY)
+        .map(|p| p.saturating_add(from))
+    {
+        from = at.saturating_add(KEY.len());
+        if at.checked_sub(1).and_then(|before| body.get(before)) == Some(&b'\\') {
             continue;
         }
         // A lossy window: an id is short, and a cut character at the end does not matter.
-        let window = String::from_utf8_lossy(&body[from..body.len().min(from + 200)]);
+        let window = String::from_utf8_lossy(&body[from..body.len().min(from.saturating_add(200))]);
         let rest = window.as_ref();
         let Some(rest) = rest.trim_start().strip_prefix(':') else {
             continue;
@@ -636,13 +665,16 @@ mod tests {
         serde_json::from_str(EXAMPLE_JOB).unwrap()
     }
 
-    fn parse(value: &Value) -> Result<Job, (InvalidJob, Option<String>)> {
+    fn parse(value: &Value) -> Result<Job, RejectedJob> {
         parse_job(&serde_json::to_vec(value).unwrap(), 1 << 24)
     }
 
     fn schema_message(value: &Value) -> String {
         match parse(value) {
-            Err((InvalidJob::Schema(message), _)) => message,
+            Err(RejectedJob {
+                problem: InvalidJob::Schema(message),
+                ..
+            }) => message,
             other => panic!("expected a schema error, got {other:?}"),
         }
     }
@@ -669,7 +701,10 @@ mod tests {
         let mut job = example();
         job["job_id"] = json!("é".repeat(125));
         assert!(SCHEMA.is_valid(&job), "the schema counts characters");
-        let (error, id) = parse(&job).unwrap_err();
+        let RejectedJob {
+            problem: error,
+            job_id: id,
+        } = parse(&job).unwrap_err();
         assert!(error.to_string().contains("250 bytes"), "{error}");
         assert_eq!(id, None, "an id the broker cannot carry is no id to answer to");
         job["job_id"] = json!("é".repeat(64));
@@ -699,7 +734,7 @@ mod tests {
         job["options"]["min_severity"] = json!(secret);
         let message = schema_message(&job);
         assert!(message.len() < 200 && !message.contains("sk-"), "{message}");
-        let (error, _) = parse(&json!(secret)).unwrap_err();
+        let error = parse(&json!(secret)).unwrap_err();
         assert!(error.to_string().len() < 200, "{error}");
     }
 
@@ -707,7 +742,10 @@ mod tests {
     fn the_job_id_is_still_returned_when_another_rule_fails() {
         let mut job = example();
         job["repository"] = json!([]);
-        let (error, id) = parse(&job).unwrap_err();
+        let RejectedJob {
+            problem: error,
+            job_id: id,
+        } = parse(&job).unwrap_err();
         assert_eq!(
             error.to_string(),
             "job does not match review-job/v1: at /repository: must be an object, not an array"
@@ -753,9 +791,9 @@ mod tests {
     #[test]
     fn a_lone_surrogate_is_not_json() {
         let body = EXAMPLE_JOB.replace("Adds refund parsing.", "\\ud800 alone");
-        let (error, id) = parse_job(body.as_bytes(), 1 << 20).unwrap_err();
-        assert!(matches!(error, InvalidJob::NotJson(_)), "{error}");
-        assert!(id.is_some());
+        let rejected = parse_job(body.as_bytes(), 1 << 20).unwrap_err();
+        assert!(matches!(rejected.problem, InvalidJob::NotJson(_)), "{rejected}");
+        assert!(rejected.job_id.is_some());
     }
 
     #[test]
@@ -764,9 +802,9 @@ mod tests {
             r#"{{"diff": "{} \"job_id\": \"inner\"", "job_id": "big-1"}}"#,
             "x".repeat(5000)
         );
-        let (error, id) = parse_job(body.as_bytes(), 100).unwrap_err();
-        assert!(matches!(error, InvalidJob::TooLarge { .. }));
-        assert_eq!(id.as_deref(), Some("big-1"));
+        let rejected = parse_job(body.as_bytes(), 100).unwrap_err();
+        assert!(matches!(rejected.problem, InvalidJob::TooLarge { .. }));
+        assert_eq!(rejected.job_id.as_deref(), Some("big-1"));
     }
 
     #[test]
@@ -909,8 +947,8 @@ mod tests {
             }
             let expected = SCHEMA.is_valid(&job) && beyond_the_schema(&job);
             let got = parse(&job);
-            prop_assert_eq!(got.is_ok(), expected, "{:?} for {}", got.err().map(|e| e.0.to_string()), job);
-            if let Err((error, _)) = got {
+            prop_assert_eq!(got.is_ok(), expected, "{:?} for {}", got.err().map(|e| e.to_string()), job);
+            if let Err(error) = got {
                 prop_assert!(error.to_string().len() <= 300, "{}", error);
             }
         }
