@@ -73,6 +73,8 @@ fn bloated_job(id: &str, size: usize) -> Vec<u8> {
 async fn a_bloated_job_costs_at_most_three_times_its_size_and_the_worker_goes_on() {
     let mut world = World::new("bloated", SimArgs::default()).await;
     let worker = started(&world).await;
+    // Not an ordering: the worker is consuming already. A measurement's settling time, so that
+    // the baseline is not taken while start-up allocations are still growing.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let baseline = status_kib(&worker, "VmRSS:");
     let body = bloated_job("bloated-1", 15 * MIB);

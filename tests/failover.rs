@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PrivateNode, WorkerProcess, World, eventually, job};
+use common::{PrivateNode, WorkerProcess, World, eventually_some, job};
 use lapin::options::QueueDeleteOptions;
 use serde_json::Value;
 use zai_sim::{SimArgs, SimHandle};
@@ -25,16 +25,15 @@ fn job_ids(results: &[Value]) -> Vec<String> {
 
 /// The replica that leads now (waits for one).
 async fn leader(replicas: &[WorkerProcess]) -> usize {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually_some(WAIT, "a replica leads", async || {
         for (i, replica) in replicas.iter().enumerate() {
             if replica.is_leader().await {
-                return i;
+                return Some(i);
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "no replica leads");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        None
+    })
+    .await
 }
 
 /// Slow calls (4 s, so that one is still in flight when the token goes, however long the broker
@@ -45,10 +44,7 @@ async fn two_replicas_mid_review(world: &mut World) -> (Vec<WorkerProcess>, usiz
     for i in 0..JOBS {
         world.publish_job(&job(&format!("lead-{i}"))).await;
     }
-    eventually(WAIT, "a review in flight", || async {
-        world.sim.stats().in_flight == 1
-    })
-    .await;
+    world.review_in_flight(WAIT).await;
     let leading = leader(&replicas).await;
     (replicas, leading)
 }
@@ -180,6 +176,8 @@ async fn replicas_restarted_during_a_quota_window_make_no_call_before_the_reset(
             .wait_ready_body(WAIT, |_, body| body["pauses"][0]["code"] == "1308")
             .await;
     }
+    // Not a wait for an event: the scenario is the window itself, watched until just before its
+    // reset for a call that must not come.
     while chrono::Utc::now() < until - chrono::Duration::milliseconds(500) {
         assert_eq!(
             world.sim.stats().chat_requests,

@@ -136,11 +136,7 @@ async fn killing_the_leader_mid_review_loses_no_job() {
         world.publish_job(&job(&format!("kill-{i}"))).await;
     }
     // Wait for a review in flight, then kill -9 whoever leads.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while world.sim.stats().in_flight == 0 {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    world.review_in_flight(WAIT).await;
     let mut killed = false;
     for replica in &mut replicas {
         if replica.is_leader().await {

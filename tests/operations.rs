@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PrivateNode, World, free_port, job};
+use common::{PrivateNode, World, eventually, free_port, job};
 use zai_sim::{SimArgs, SimHandle, SimKeys};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -135,9 +135,7 @@ async fn sigterm_lets_a_review_in_flight_finish_and_exits_zero() {
     let mut worker = world.spawn_process(&[]);
     world.wait_for_consumers(1, WAIT).await;
     world.publish_job(&job("drain-1")).await;
-    while world.sim.stats().in_flight == 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    world.review_in_flight(WAIT).await;
     let status = worker.terminate().await;
     assert_eq!(status.code(), Some(0), "{}", worker.log_text());
     let result = world.results(1, Duration::from_secs(5)).await.remove(0);
@@ -159,9 +157,7 @@ async fn sigterm_past_the_drain_timeout_returns_the_job_to_the_queue() {
     let mut worker = world.spawn_process(&[("API_WORKER_DRAIN_TIMEOUT_MS", "300")]);
     world.wait_for_consumers(1, WAIT).await;
     world.publish_job(&job("drain-2")).await;
-    while world.sim.stats().in_flight == 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    world.review_in_flight(WAIT).await;
     let started = std::time::Instant::now();
     let status = worker.terminate().await;
     assert_eq!(status.code(), Some(0), "{}", worker.log_text());
@@ -169,12 +165,12 @@ async fn sigterm_past_the_drain_timeout_returns_the_job_to_the_queue() {
         started.elapsed() < Duration::from_secs(5),
         "it did not wait for the 10 s review"
     );
+    // A quorum queue's count may lag the requeue by a moment.
+    eventually(WAIT, "the job back in the queue, unacked work returned", async || {
+        world.queue_len(&world.topology.jobs_queue).await == 1
+    })
+    .await;
     assert!(world.no_more_results(Duration::from_millis(300)).await.is_empty());
-    assert_eq!(
-        world.queue_len(&world.topology.jobs_queue).await,
-        1,
-        "the job is back in the queue, unacked work returned"
-    );
     // Nothing is lost: the next worker reviews it.
     world.sim.configure(zai_sim::SimConfig {
         latency_ms: Some(0),
@@ -199,14 +195,11 @@ async fn the_worker_survives_a_broker_restart_and_reviews_each_job_exactly_once(
     for i in 0..6 {
         world.publish_job(&job(&format!("restart-{i}"))).await;
     }
-    let mut results = world.results(2, WAIT).await;
+    let results = world.results(2, WAIT).await;
 
     // A review is in flight when the broker goes: it comes back, its result cannot be published,
     // and it is kept for when the job is redelivered.
-    common::eventually(WAIT, "a review in flight", || async {
-        world.sim.stats().in_flight == 1
-    })
-    .await;
+    world.review_in_flight(WAIT).await;
     node.stop();
     worker
         .wait_ready_body(WAIT, |status, body| {
@@ -217,19 +210,24 @@ async fn the_worker_survives_a_broker_restart_and_reviews_each_job_exactly_once(
     worker.wait_ready_body(WAIT, |status, _| status == 200).await;
 
     world.resubscribe().await;
-    let mut seen: Vec<String> = results
-        .iter()
-        .map(|r| r["job_id"].as_str().unwrap().to_owned())
-        .collect();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while (0..6).any(|i| !seen.contains(&format!("restart-{i}"))) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "results so far: {seen:?}\n{}",
+    let ids = |results: &[serde_json::Value]| -> Vec<String> {
+        results
+            .iter()
+            .map(|r| r["job_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Duplicates may come (at least once), so wait for each job's id rather than a count.
+    let earlier = ids(&results);
+    let every_job = |later: &[serde_json::Value]| {
+        let seen = [earlier.clone(), ids(later)].concat();
+        (0..6).all(|i| seen.contains(&format!("restart-{i}")))
+    };
+    if let Err(later) = world.results_until(WAIT, every_job).await {
+        panic!(
+            "not every job's result within {WAIT:?}: {earlier:?} then {:?}\n{}",
+            ids(&later),
             worker.log_text()
         );
-        results = world.no_more_results(Duration::from_millis(500)).await;
-        seen.extend(results.iter().map(|r| r["job_id"].as_str().unwrap().to_owned()));
     }
     let log = worker.log_text();
     assert_eq!(
@@ -314,11 +312,7 @@ async fn a_grep_for_glm_shows_start_reviews_429s_pauses_resumes_and_connection_e
     let offline = unreachable.spawn_process(&[]);
     unreachable.wait_for_consumers(1, WAIT).await;
     unreachable.publish_job(&job("grep-offline")).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !offline.log_text().contains("retrying") {
-        assert!(tokio::time::Instant::now() < deadline, "{}", offline.log_text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    offline.wait_for_log(WAIT, "retrying").await;
 
     let grep = |log: String| -> Vec<String> {
         log.lines()

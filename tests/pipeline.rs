@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{World, header_str, job, json_properties};
+use common::{World, eventually, header_str, job, json_properties};
 use serde_json::json;
 use zai_sim::SimArgs;
 
@@ -170,55 +170,72 @@ async fn an_unreadable_answer_is_repaired_once() {
 
 #[tokio::test]
 async fn a_job_is_never_acked_without_its_confirmed_result() {
-    let mut world = World::new("noack", SimArgs::default()).await;
+    // The provider holds its answer for a second: time to take the results exchange away and
+    // stop the worker while the review is surely in flight.
+    let sim = SimArgs {
+        latency_ms: 1_000,
+        ..Default::default()
+    };
+    let mut world = World::new("noack", sim).await;
     let worker = world.spawn_worker();
     world.wait_for_consumers(1, WAIT).await;
-    // Without the results exchange the result cannot be published (the broker refuses it).
+    world.publish_job(&job("job-unpublishable")).await;
+    world.review_in_flight(WAIT).await;
+
+    // Without the results exchange the result cannot be published (the broker closes the
+    // publishing channel instead of confirming it).
     let admin = world.broker.channel().await.unwrap();
     admin
         .exchange_delete(world.topology.exchange.as_str().into(), Default::default())
         .await
         .unwrap();
-    let body = serde_json::to_vec(&job("job-unpublishable")).unwrap();
-    world
-        .broker
-        .publish_confirmed("", &world.topology.jobs_queue, &body, json_properties())
-        .await
-        .unwrap();
-
-    // The simulator answers at once; give the worker time to review and fail to publish.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while world.sim.stats().chat_answered("200") == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the review never ran");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = worker.stop().await;
-    // The worker may have reconnected (redeclaring the exchange) and published by now; what must
-    // never happen is the job leaving the queue without its result.
-    // A quorum queue's count may lag a requeue by a moment: look for a few seconds.
-    let mut published = Vec::new();
-    let mut queued = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while queued as usize + published.len() == 0 && tokio::time::Instant::now() < deadline {
-        queued = world.queue_len(&world.topology.jobs_queue).await;
-        published.extend(world.no_more_results(Duration::from_millis(100)).await);
-    }
     assert_eq!(
-        queued as usize + published.len(),
-        1,
-        "the job is either still queued or has its result, never neither"
+        world.sim.stats().chat_answered("200"),
+        0,
+        "the answer came before the exchange was gone: the scenario needs a longer latency"
     );
-    if queued == 0 {
-        return;
-    }
+    // Stopped now, the worker lets the review finish (its drain timeout is 5 s) and does not
+    // reconnect, which would declare the exchange again and publish the kept result.
+    worker.stop().await.expect("the worker stops cleanly");
+    assert_eq!(
+        world.sim.stats().chat_answered("200"),
+        1,
+        "the review in flight finished"
+    );
 
-    // With the topology back, a fresh worker delivers the result.
+    // Its consumer gone, a job it did not ack is ready again. A quorum queue's count may lag
+    // the requeue by a moment.
+    eventually(
+        WAIT,
+        "the job back in the jobs queue, unacked after its result failed to publish",
+        async || world.queue_len(&world.topology.jobs_queue).await == 1,
+    )
+    .await;
+    assert!(
+        world.no_more_results(Duration::from_millis(100)).await.is_empty(),
+        "no result can have been published"
+    );
+
+    // A fresh worker declares the exchange again, reviews the job once more and delivers it.
+    world.sim.configure(zai_sim::SimConfig {
+        latency_ms: Some(0),
+        ..Default::default()
+    });
     let worker = world.spawn_worker();
     let result = world.results(1, WAIT).await.remove(0);
     assert_eq!(result["job_id"], "job-unpublishable");
     assert_eq!(result["status"], "completed");
     worker.stop().await.unwrap();
+    assert_eq!(world.sim.stats().chat_requests, 2, "reviewed exactly once more");
+    assert!(
+        world.no_more_results(Duration::from_millis(100)).await.is_empty(),
+        "one result"
+    );
+    assert_eq!(
+        world.queue_len(&world.topology.jobs_queue).await,
+        0,
+        "acked once published"
+    );
 }
 
 #[tokio::test]

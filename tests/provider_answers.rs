@@ -84,6 +84,7 @@ async fn a_reset_time_in_the_past_pauses_a_minute_instead_of_calling_into_the_wi
         world.publish_job(&job(&format!("past-{i}"))).await;
     }
 
+    // The scenario: how many calls 20 s of an exhausted window draw (not a wait for an event).
     tokio::time::sleep(Duration::from_secs(20)).await;
     let calls = world.sim.stats().chat_requests;
     eprintln!("a reset time in the past, cap 1, three jobs: {calls} call(s) in 20 s");
@@ -128,6 +129,7 @@ async fn a_fair_use_throttle_for_a_minute_draws_a_doubling_sequence_of_calls() {
     world.wait_for_consumers(1, WAIT).await;
     world.publish_job(&job("fair")).await;
 
+    // The scenario: how many calls a minute of 1313 draws (not a wait for an event).
     tokio::time::sleep(Duration::from_secs(60)).await;
     let calls = world.sim.stats().chat_requests;
     eprintln!("1313 for a minute: {calls} call(s)");

@@ -201,17 +201,41 @@ impl World {
 
     /// Waits until the jobs queue has `n` consumers (workers are up and consuming).
     pub async fn wait_for_consumers(&self, n: u32, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let (_, consumers) = self.queue_counts(&self.topology.jobs_queue).await;
-            if consumers >= n {
-                return;
+        let what = format!("{n} consumer(s) on the jobs queue");
+        eventually(timeout, &what, async || {
+            self.queue_counts(&self.topology.jobs_queue).await.1 >= n
+        })
+        .await;
+    }
+
+    /// Waits until the simulator is holding a chat call: a review is surely in flight.
+    pub async fn review_in_flight(&self, timeout: Duration) {
+        eventually(timeout, "a review in flight at the simulator", async || {
+            self.sim.stats().in_flight > 0
+        })
+        .await;
+    }
+
+    /// Collects results until `done` accepts everything collected so far, and gives them all;
+    /// at `timeout`, the error gives what came (for the caller's panic, with a log). For when
+    /// duplicates or results of other jobs may come too, so that [`World::results`]'s count
+    /// would not do.
+    pub async fn results_until(
+        &mut self,
+        timeout: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Result<Vec<Value>, Vec<Value>> {
+        let mut seen = Vec::new();
+        let found = within(timeout, async || {
+            while let Ok(result) = self.results.try_recv() {
+                seen.push(result);
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {consumers} of {n} consumers within {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            done(&seen).then_some(())
+        })
+        .await;
+        match found {
+            Some(()) => Ok(seen),
+            None => Err(seen),
         }
     }
 
@@ -346,22 +370,34 @@ impl WorkerProcess {
         Some((status, response.json().await.ok()?))
     }
 
-    /// Polls `/ready` until `check` accepts the body.
+    /// Waits until `/ready` answers and `check` accepts its status and body; returns the body.
     pub async fn wait_ready_body(&self, timeout: Duration, check: impl Fn(u16, &Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some((status, body)) = self.ready().await
-                && check(status, &body)
-            {
-                return body;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "/ready never matched; last: {:?}\nlog:\n{}",
+        let matched = within(timeout, async || {
+            self.ready()
+                .await
+                .and_then(|(status, body)| check(status, &body).then_some(body))
+        })
+        .await;
+        match matched {
+            Some(body) => body,
+            None => panic!(
+                "/ready did not match within {timeout:?}; last: {:?}\nlog:\n{}",
                 self.ready().await,
                 self.log_text()
+            ),
+        }
+    }
+
+    /// Waits until the worker's log contains `needle`.
+    pub async fn wait_for_log(&self, timeout: Duration, needle: &str) {
+        if within(timeout, async || self.log_text().contains(needle).then_some(()))
+            .await
+            .is_none()
+        {
+            panic!(
+                "the log did not say {needle:?} within {timeout:?}:\n{}",
+                self.log_text()
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -529,17 +565,39 @@ impl Drop for PrivateNode {
     }
 }
 
-/// Polls `condition` every 50 ms until it holds; panics with `what` after `timeout`.
-pub async fn eventually<F: std::future::Future<Output = bool>>(
-    timeout: Duration,
-    what: &str,
-    mut condition: impl FnMut() -> F,
-) {
+/// How often the waits below look again: often enough that a test waits at most this long past
+/// the event, rarely enough that polling the broker or `/ready` costs nothing noticeable.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The one way a test waits for something to happen: polls `probe` until it gives a value and
+/// returns it, or `None` once `timeout` has passed. For callers whose panic needs more than a
+/// description (a worker's log); everyone else uses [`eventually`] or [`eventually_some`].
+pub async fn within<T>(timeout: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> Option<T> {
     let deadline = tokio::time::Instant::now() + timeout;
-    while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "not within {timeout:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    loop {
+        // A probe that itself hangs (a broker that stopped answering) must not outlive the
+        // deadline either.
+        if let Ok(Some(value)) = tokio::time::timeout_at(deadline, probe()).await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(POLL).await;
     }
+}
+
+/// Polls `probe` until it gives a value and returns it; panics naming `what` did not happen and
+/// how long it waited.
+pub async fn eventually_some<T>(timeout: Duration, what: &str, probe: impl AsyncFnMut() -> Option<T>) -> T {
+    within(timeout, probe)
+        .await
+        .unwrap_or_else(|| panic!("{what}: did not happen within {timeout:?}"))
+}
+
+/// Polls `condition` until it holds; panics naming `what` did not happen and how long it waited.
+pub async fn eventually(timeout: Duration, what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    eventually_some(timeout, what, async || condition().await.then_some(())).await;
 }
 
 /// A broker URI as the worker shows it: password masked.
