@@ -257,3 +257,27 @@ async fn connect(settings: &Settings, node: usize, replica: &str) -> anyhow::Res
     }
     Ok(broker)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_tell_settings_from_an_unusable_provider_from_anything_else() {
+        let settings = RunError::from(SettingsError::Load("no such file".to_owned()));
+        let unusable = RunError::ProviderUnusable {
+            provider: "Z.AI Coding Plan".to_owned(),
+            problem: "invalid key".to_owned(),
+        };
+        let other = RunError::from(anyhow::anyhow!("cannot listen on 0.0.0.0:8080"));
+        assert_eq!(
+            [settings.exit_code(), unusable.exit_code(), other.exit_code()],
+            [2, 3, 1]
+        );
+        assert!(
+            unusable
+                .to_string()
+                .contains("not usable with this configuration: invalid key")
+        );
+    }
+}

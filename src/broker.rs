@@ -623,6 +623,15 @@ mod tests {
     }
 
     #[test]
+    fn delay_queues_name_every_tier_in_the_namespace_shortest_first() {
+        let topology = Topology::with_namespace("ns");
+        let queues: Vec<String> = delay_queues(&topology).collect();
+        assert_eq!(queues.len(), DELAY_TIERS.len());
+        assert_eq!(queues.first().map(String::as_str), Some("ns.retry.1s"));
+        assert_eq!(queues.last().map(String::as_str), Some("ns.retry.1d"));
+    }
+
+    #[test]
     fn the_correlation_id_falls_back_from_correlation_to_message_id_to_job_id() {
         let envelope = |props: BasicProperties| Envelope {
             routing_key: "job.created".into(),

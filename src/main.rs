@@ -21,7 +21,7 @@ async fn main() -> ExitCode {
     }
 }
 
-#[allow(clippy::print_stdout, reason = "results are the commands' output")]
+#[expect(clippy::print_stdout, reason = "results are the commands' output")]
 async fn run(cli: Cli) -> Result<ExitCode, RunError> {
     let settings = Settings::load(cli.config.as_deref())?;
     telemetry::init(&settings.log);
