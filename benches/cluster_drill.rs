@@ -69,8 +69,8 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use review_worker::broker::{Broker, DELAY_TIERS};
-use review_worker::settings::Settings;
+use review_worker::broker::{Broker, delay_queues};
+use review_worker::settings::{Settings, Topology};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -1340,7 +1340,7 @@ async fn preload(broker: &Broker, n: usize) -> anyhow::Result<()> {
 fn namespace_queues(namespace: &str) -> (Vec<String>, Vec<String>) {
     let own = |suffix: &str| format!("{namespace}.{suffix}");
     let mut queues = vec![own("jobs"), own("dead"), own("results")];
-    queues.extend(DELAY_TIERS.iter().map(|(label, _)| own(&format!("retry.{label}"))));
+    queues.extend(delay_queues(&Topology::with_namespace(namespace)));
     queues.extend([own("leadership"), own("leader"), own("pauses")]);
     let exchanges = vec![namespace.to_owned(), own("dlx"), own("control")];
     (queues, exchanges)

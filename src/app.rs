@@ -1,7 +1,7 @@
 //! Building the worker from settings and running it: `run(settings, shutdown)`. Tests call this
-//! with their own settings and shutdown future, exactly as `main` does.
+//! with their own settings and shutdown token, exactly as `main` does; how a run ends is a
+//! [`RunError`], whose exit code `main` returns.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,25 +9,44 @@ use anyhow::Context as _;
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use secrecy::ExposeSecret as _;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, info_span, warn};
 
 use crate::broker::Broker;
 use crate::executor::{Executor, Lane};
-use crate::provider::{Action, Provider, ProviderError};
-use crate::settings::{Settings, redact_uri};
+use crate::provider::{Action, Provider};
+use crate::settings::{Settings, SettingsError, redact_uri};
 use crate::status::WorkerStatus;
 use crate::worker::Worker;
 
-/// Why `run` stopped without serving.
+/// Why the process stopped with an error, and the exit code that says so to a script or an
+/// orchestrator (the codes README.md documents).
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The start-up probe says the key, endpoint or model cannot work: nothing is consumed.
-    #[error("{provider} is not usable with this configuration: {error}")]
-    ProviderUnusable { provider: String, error: ProviderError },
+pub enum RunError {
+    /// A setting is missing or invalid: exit 2.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The start-up probe says the key, endpoint or model cannot work, so nothing is consumed:
+    /// exit 3, like `review-worker check` on the same configuration.
+    #[error("{provider} is not usable with this configuration: {problem}")]
+    ProviderUnusable { provider: String, problem: String },
+    /// Anything else (the health port taken, an unreadable diff): exit 1.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+impl RunError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Failed(_) => 1,
+            Self::Settings(_) => 2,
+            Self::ProviderUnusable { .. } => 3,
+        }
+    }
 }
 
 /// Builds the lanes from settings.
-pub fn build_executor(settings: &Settings) -> anyhow::Result<Executor> {
+pub(crate) fn build_executor(settings: &Settings) -> Result<Executor, RunError> {
     let main = Provider::new(settings.require_provider()?)?;
     let fallback = settings
         .fallback
@@ -41,8 +60,9 @@ pub fn build_executor(settings: &Settings) -> anyhow::Result<Executor> {
     ))
 }
 
-/// Runs the worker until `shutdown` resolves.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// Runs the worker until `shutdown` is cancelled; returns once the reviews in flight are drained
+/// (or the drain timeout returned them to the queue) and leadership is handed on.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), RunError> {
     let executor = build_executor(&settings)?;
     let provider = &executor.main.provider;
     info!(
@@ -58,7 +78,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         Ok(probe) => info!(
             provider = provider.name(),
             model = provider.model(),
-            latency_ms = probe.latency.as_millis() as u64,
+            latency_ms = u64::try_from(probe.latency.as_millis()).unwrap_or(u64::MAX),
             "{} probe ok: {} listed",
             provider.name(),
             provider.model()
@@ -71,11 +91,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
                 "{} probe failed: {error}",
                 provider.name()
             );
-            return Err(StartError::ProviderUnusable {
+            return Err(RunError::ProviderUnusable {
                 provider: provider.name().to_owned(),
-                error,
-            }
-            .into());
+                problem: error.to_string(),
+            });
         }
         // Unreachable or overloaded right now: the worker starts and its calls retry.
         Err(error) => warn!(
@@ -91,47 +110,33 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let replica = crate::coordination::replica_id();
     status.set_replica(&replica);
     info!(replica = %replica, brokers = %settings.broker.display_uri(), "replica {replica}");
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopping = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
 
     let health_addr = std::net::SocketAddr::from(([0, 0, 0, 0], settings.health_port));
     let listener = tokio::net::TcpListener::bind(health_addr)
         .await
         .with_context(|| format!("cannot listen on {health_addr} (WORKER_HEALTH_PORT)"))?;
-    info!(addr = %listener.local_addr()?, "health, readiness and metrics on http://{}/health, /ready, /metrics", listener.local_addr()?);
+    let health_at = listener.local_addr().context("the health listener's address")?;
+    info!(addr = %health_at, "health, readiness and metrics on http://{health_at}/health, /ready, /metrics");
     // The recorder is installed here, before anything is counted (the first connection attempt
     // included), not in the spawned server.
     let metrics = crate::health::metrics_handle();
+    // The health server's own token: it stops with the caller's shutdown, and also when this
+    // future is dropped before that (a test that aborts its worker).
+    let health_stop = shutdown.child_token();
+    let _stop_health_on_drop = health_stop.clone().drop_guard();
     let health = tokio::spawn(crate::health::serve(
         listener,
         status.clone(),
         executor.clone(),
         metrics,
-        stopping(),
+        health_stop.cancelled_owned(),
     ));
 
-    // The caller's shutdown future is polled here, beside the serving loop, and relayed to
-    // every part that needs it (the loop, each connection's serve, the health server).
-    let serving = serve_with_reconnects(&settings, executor, status, &replica, stopping);
-    tokio::pin!(serving, shutdown);
-    let mut signalled = false;
-    let served = loop {
-        tokio::select! {
-            () = &mut shutdown, if !signalled => {
-                signalled = true;
-                let _ = stop_tx.send(true);
-            }
-            served = &mut serving => break served,
-        }
-    };
-    let _ = stop_tx.send(true);
-    let _ = health.await;
-    served
+    serve_with_reconnects(&settings, executor, status, &replica, &shutdown).await;
+    if let Ok(Err(error)) = health.await {
+        warn!("the health server failed: {error:#}");
+    }
+    Ok(())
 }
 
 /// A connection that served this long was healthy: the backoff starts again from its minimum.
@@ -154,24 +159,22 @@ fn reconnect_backoff() -> impl Iterator<Item = Duration> {
 /// declare, a cancelled consumer, a closed channel) waits out the backoff, which starts over only
 /// after a connection served for [`HEALTHY_AFTER`]. Results whose publish could not be confirmed
 /// survive the reconnect.
-async fn serve_with_reconnects<F: Future<Output = ()>>(
+async fn serve_with_reconnects(
     settings: &Settings,
     executor: Executor,
     status: WorkerStatus,
     replica: &str,
-    stopping: impl Fn() -> F,
-) -> anyhow::Result<()> {
+    shutdown: &CancellationToken,
+) {
     let prefetch = u16::try_from(settings.limits.worker_concurrency).unwrap_or(u16::MAX);
     let pending = crate::worker::PendingResults::default();
-    let nodes = settings.broker.uris.len().max(1);
+    let nodes = settings.broker.uris.len();
     let mut node = 0;
     let mut backoff = reconnect_backoff();
-    let stopped = stopping();
-    tokio::pin!(stopped);
     loop {
         metrics::counter!("review_broker_connection_attempts_total").increment(1);
         let connected = tokio::select! {
-            () = &mut stopped => return Ok(()),
+            () = shutdown.cancelled() => return,
             connected = connect(settings, node, replica) => connected,
         };
         let failure = match connected {
@@ -180,19 +183,12 @@ async fn serve_with_reconnects<F: Future<Output = ()>>(
                 let span = info_span!("broker", node = %broker.node());
                 let since = Instant::now();
                 let served = serve(
-                    settings,
-                    &executor,
-                    &status,
-                    &pending,
-                    replica,
-                    prefetch,
-                    broker,
-                    stopping(),
+                    settings, &executor, &status, &pending, replica, prefetch, broker, shutdown,
                 )
                 .instrument(span)
                 .await;
                 match served {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => return,
                     Err(error) => {
                         if since.elapsed() >= HEALTHY_AFTER {
                             backoff = reconnect_backoff();
@@ -202,22 +198,27 @@ async fn serve_with_reconnects<F: Future<Output = ()>>(
                 }
             }
         };
-        node = (node + 1) % nodes;
+        node = node.saturating_add(1).checked_rem(nodes).unwrap_or(0);
         let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+        let next_node = settings
+            .broker
+            .uris
+            .get(node)
+            .map_or_else(|| "-".to_owned(), |uri| redact_uri(uri.expose_secret()));
         warn!(
-            retry_in_ms = delay.as_millis() as u64,
-            next_node = %redact_uri(settings.broker.uris[node].expose_secret()),
+            retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            next_node = %next_node,
             "{failure}; reconnecting"
         );
         tokio::select! {
-            () = &mut stopped => return Ok(()),
+            () = shutdown.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
         }
     }
 }
 
 /// One connection's life: the worker serves on it until it fails or shutdown.
-#[allow(clippy::too_many_arguments, reason = "the reconnect loop's state, passed down once")]
+#[expect(clippy::too_many_arguments, reason = "the reconnect loop's state, passed down once")]
 async fn serve(
     settings: &Settings,
     executor: &Executor,
@@ -226,7 +227,7 @@ async fn serve(
     replica: &str,
     prefetch: u16,
     broker: Broker,
-    stopping: impl Future<Output = ()>,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     status.set_connected(Some(broker.node()));
     info!(replica, "connected to RabbitMQ at {}", broker.node());
@@ -236,9 +237,11 @@ async fn serve(
         review: settings.review.clone(),
         status: status.clone(),
         pending: pending.clone(),
-        abandon: tokio_util::sync::CancellationToken::new(),
+        // Its own token, not a child of `shutdown`: a graceful stop lets reviews finish; only a
+        // lost leadership abandons them.
+        abandon: CancellationToken::new(),
     };
-    let served = worker.serve(replica, prefetch, settings.drain_timeout, stopping).await;
+    let served = worker.serve(replica, prefetch, settings.drain_timeout, shutdown).await;
     status.set_connected(None);
     worker.broker.close().await;
     served
@@ -253,4 +256,28 @@ async fn connect(settings: &Settings, node: usize, replica: &str) -> anyhow::Res
         return Err(error.context(format!("could not declare the topology on {}", broker.node())));
     }
     Ok(broker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_tell_settings_from_an_unusable_provider_from_anything_else() {
+        let settings = RunError::from(SettingsError::Load("no such file".to_owned()));
+        let unusable = RunError::ProviderUnusable {
+            provider: "Z.AI Coding Plan".to_owned(),
+            problem: "invalid key".to_owned(),
+        };
+        let other = RunError::from(anyhow::anyhow!("cannot listen on 0.0.0.0:8080"));
+        assert_eq!(
+            [settings.exit_code(), unusable.exit_code(), other.exit_code()],
+            [2, 3, 1]
+        );
+        assert!(
+            unusable
+                .to_string()
+                .contains("not usable with this configuration: invalid key")
+        );
+    }
 }

@@ -6,18 +6,25 @@
 //! per-message TTLs). A tier dead-letters back into the jobs queue; a message that comes back
 //! before its `x-review-not-before` goes round another tier, so any delay from 1 s to 7 days
 //! costs at most a few hops. The delayed-message plugin is archived and Debian's RabbitMQ lacks it.
+//!
+//! A [`Broker`] knows at once when its connection or publishing channel fails: lapin's event
+//! stream wakes a watcher, which cancels the broker's health token (see [`Broker::until_unusable`]).
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::Utc;
+use futures_util::StreamExt as _;
+use futures_util::stream::BoxStream;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, Event, ExchangeKind};
 use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::fate::{Counters, DeadKind};
 use crate::settings::{BrokerSettings, Topology, redact_uri};
@@ -30,24 +37,24 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Headers the worker reads and writes on job messages.
-pub mod headers {
+pub(crate) mod headers {
     /// Review attempts already made (transient failures only; waits for quota do not count).
-    pub const ATTEMPTS: &str = "x-review-attempts";
+    pub(crate) const ATTEMPTS: &str = "x-review-attempts";
     /// Epoch milliseconds before which the job must not be reviewed.
-    pub const NOT_BEFORE: &str = "x-review-not-before";
+    pub(crate) const NOT_BEFORE: &str = "x-review-not-before";
     /// Epoch milliseconds when the worker first saw the job (for `API_REVIEW_MAX_JOB_AGE`).
-    pub const FIRST_SEEN: &str = "x-review-first-seen";
+    pub(crate) const FIRST_SEEN: &str = "x-review-first-seen";
     /// Times the broker refused this job's result (the result is kept meanwhile).
-    pub const PUBLISH_FAILURES: &str = "x-review-publish-failures";
+    pub(crate) const PUBLISH_FAILURES: &str = "x-review-publish-failures";
     /// Times the worker's task failed (panicked) on this job.
-    pub const INTERNAL_ERRORS: &str = "x-review-internal-errors";
-    pub const ERROR_KIND: &str = "x-review-error-kind";
-    pub const ERROR_MESSAGE: &str = "x-review-error-message";
-    pub const FAILED_AT: &str = "x-review-failed-at";
+    pub(crate) const INTERNAL_ERRORS: &str = "x-review-internal-errors";
+    pub(crate) const ERROR_KIND: &str = "x-review-error-kind";
+    pub(crate) const ERROR_MESSAGE: &str = "x-review-error-message";
+    pub(crate) const FAILED_AT: &str = "x-review-failed-at";
 }
 
 /// Delay tiers, shortest first. 1 day hops cover the 7-day maximum in seven rounds.
-pub const DELAY_TIERS: [(&str, Duration); 8] = [
+pub(crate) const DELAY_TIERS: [(&str, Duration); 8] = [
     ("1s", Duration::from_secs(1)),
     ("5s", Duration::from_secs(5)),
     ("30s", Duration::from_secs(30)),
@@ -57,10 +64,21 @@ pub const DELAY_TIERS: [(&str, Duration); 8] = [
     ("6h", Duration::from_secs(6 * 3_600)),
     ("1d", Duration::from_secs(86_400)),
 ];
-pub const MAX_DELAY: Duration = Duration::from_secs(7 * 86_400);
+pub(crate) const MAX_DELAY: Duration = Duration::from_secs(7 * 86_400);
+
+/// Every delay tier's queue in `topology`'s namespace, shortest first: what the topology declares
+/// and what a teardown deletes.
+pub fn delay_queues(topology: &Topology) -> impl Iterator<Item = String> + '_ {
+    DELAY_TIERS.iter().map(|(label, _)| delay_queue(topology, label))
+}
+
+/// The queue of the delay tier labelled `label`.
+fn delay_queue(topology: &Topology, label: &str) -> String {
+    topology.own(&format!("retry.{label}"))
+}
 
 /// The longest tier not longer than `delay` (the 1 s tier for anything shorter).
-pub fn tier_for(delay: Duration) -> (&'static str, Duration) {
+pub(crate) fn tier_for(delay: Duration) -> (&'static str, Duration) {
     DELAY_TIERS
         .iter()
         .rev()
@@ -82,21 +100,24 @@ pub struct Broker {
     publisher: Channel,
     topology: Topology,
     node: String,
+    /// Cancelled when the connection or the publishing channel fails, and when the broker is
+    /// closed or dropped (which also ends the watcher).
+    lost: CancellationToken,
 }
 
 /// What a job message carried besides its body, to be kept on republish and dead-lettering.
 #[derive(Debug, Clone)]
-pub struct Envelope {
-    pub routing_key: String,
-    pub properties: BasicProperties,
+pub(crate) struct Envelope {
+    pub(crate) routing_key: String,
+    pub(crate) properties: BasicProperties,
 }
 
 impl Envelope {
-    pub fn header(&self, name: &str) -> Option<&AMQPValue> {
+    pub(crate) fn header(&self, name: &str) -> Option<&AMQPValue> {
         self.properties.headers().as_ref()?.inner().get(name)
     }
 
-    pub fn header_u64(&self, name: &str) -> Option<u64> {
+    pub(crate) fn header_u64(&self, name: &str) -> Option<u64> {
         match self.header(name)? {
             AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
             AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
@@ -109,7 +130,7 @@ impl Envelope {
         }
     }
 
-    pub fn reply_to(&self) -> Option<&str> {
+    pub(crate) fn reply_to(&self) -> Option<&str> {
         self.properties
             .reply_to()
             .as_ref()
@@ -118,7 +139,7 @@ impl Envelope {
     }
 
     /// The contract's correlation id: the job's `correlation_id`, else its `message_id`, else `job_id`.
-    pub fn correlation_id(&self, job_id: &str) -> String {
+    pub(crate) fn correlation_id(&self, job_id: &str) -> String {
         self.properties
             .correlation_id()
             .as_ref()
@@ -154,7 +175,7 @@ fn first_seen(job: &Envelope) -> AMQPValue {
 fn short_string(text: &str) -> ShortString {
     let mut end = text.len().min(255);
     while !text.is_char_boundary(end) {
-        end -= 1;
+        end = end.saturating_sub(1);
     }
     ShortString::from(&text[..end])
 }
@@ -196,10 +217,10 @@ impl Broker {
     /// Connects to node `index` of `settings.uris` (the reconnect loop walks the list
     /// round-robin). Every step is bounded: a node that accepts TCP but never finishes the
     /// handshake is a failed attempt, not a hang.
-    pub async fn connect_to(settings: &BrokerSettings, index: usize, name: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn connect_to(settings: &BrokerSettings, index: usize, name: &str) -> anyhow::Result<Self> {
         let uri = settings
             .uris
-            .get(index % settings.uris.len().max(1))
+            .get(index.checked_rem(settings.uris.len()).unwrap_or(0))
             .context("API_RABBITMQ_URI names no broker")?;
         let node = redact_uri(uri.expose_secret());
         let connecting = async {
@@ -208,20 +229,26 @@ impl Broker {
                 ConnectionProperties::default().with_connection_name(name.into()),
             )
             .await?;
+            // Listening before the publishing channel opens: lapin sends events only to
+            // listeners that exist when they happen. Boxed to a `'static` stream: lapin's
+            // opaque type would otherwise keep `connection` borrowed.
+            let events: BoxStream<'static, Event> = Box::pin(connection.events_listener());
             let publisher = connection.create_channel().await?;
             publisher.confirm_select(ConfirmSelectOptions::default()).await?;
-            Ok::<_, lapin::Error>((connection, publisher))
+            Ok::<_, lapin::Error>((connection, events, publisher))
         };
-        let (connection, publisher) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
+        let (connection, events, publisher) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
             .await
             .map_err(|_| anyhow::anyhow!("no answer within {HANDSHAKE_TIMEOUT:?}"))
             .and_then(|connected| connected.map_err(anyhow::Error::new))
             .with_context(|| format!("could not connect to RabbitMQ at {node}"))?;
+        let lost = watch_health(&connection, &publisher, events, node.clone());
         Ok(Self {
             connection,
             publisher,
             topology: settings.topology.clone(),
             node,
+            lost,
         })
     }
 
@@ -230,25 +257,16 @@ impl Broker {
     }
 
     /// The node this connection goes to, password masked: for logs and `/ready`.
-    pub fn node(&self) -> &str {
+    pub(crate) fn node(&self) -> &str {
         &self.node
     }
 
-    pub fn connection(&self) -> &Connection {
-        &self.connection
-    }
-
-    /// The connection and the publishing channel both work. A channel-level error (say, a
-    /// publish to an exchange someone deleted) closes the channel but not the connection.
-    pub fn is_usable(&self) -> bool {
-        self.connection.status().connected() && self.publisher.status().connected()
-    }
-
-    /// Resolves once the broker is no longer usable.
+    /// Resolves once the connection or the publishing channel has failed (or the broker was
+    /// closed). A channel-level error on the publishing channel (say, a publish to an exchange
+    /// someone deleted) counts; one on another channel of the connection does not, its own user
+    /// sees it.
     pub async fn until_unusable(&self) {
-        while self.is_usable() {
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        }
+        self.lost.cancelled().await;
     }
 
     /// Opens a channel, bounded like the handshake: a node that stops answering turns into the
@@ -325,19 +343,22 @@ impl Broker {
             // At-least-once dead-lettering (with reject-publish overflow, which it requires)
             // so that a job waiting in a tier survives the hop back even if a node fails.
             let args = quorum_args(&[
-                ("x-message-ttl", AMQPValue::LongLongInt(ttl.as_millis() as i64)),
+                (
+                    "x-message-ttl",
+                    AMQPValue::LongLongInt(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+                ),
                 ("x-dead-letter-exchange", long_string("")),
                 ("x-dead-letter-routing-key", long_string(&t.jobs_queue)),
                 ("x-dead-letter-strategy", long_string("at-least-once")),
                 ("x-overflow", long_string("reject-publish")),
             ]);
-            declare(t.own(&format!("retry.{label}")), args).await?;
+            declare(delay_queue(t, label), args).await?;
         }
         Ok(())
     }
 
     /// A channel for consuming jobs, with the given prefetch.
-    pub async fn jobs_channel(&self, prefetch: u16) -> anyhow::Result<Channel> {
+    pub(crate) async fn jobs_channel(&self, prefetch: u16) -> anyhow::Result<Channel> {
         let channel = self.channel().await?;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
@@ -347,7 +368,7 @@ impl Broker {
     }
 
     /// A consumer on the jobs queue with manual acks.
-    pub async fn consume_jobs(&self, channel: &Channel, tag: &str) -> anyhow::Result<Consumer> {
+    pub(crate) async fn consume_jobs(&self, channel: &Channel, tag: &str) -> anyhow::Result<Consumer> {
         channel
             .basic_consume(
                 self.topology.jobs_queue.as_str().into(),
@@ -439,14 +460,14 @@ impl Broker {
 
     /// Publishes a result to the results exchange and, when the job asked for it, to its
     /// `reply_to` queue; returns once the broker confirmed both.
-    pub async fn publish_result(&self, result: &ReviewResult, job: &Envelope) -> anyhow::Result<()> {
+    pub(crate) async fn publish_result(&self, result: &ReviewResult, job: &Envelope) -> anyhow::Result<()> {
         let body = serde_json::to_vec(result).context("serialise result")?;
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
             .with_message_id(short_string(&format!("{}:result", result.job_id)))
             .with_correlation_id(short_string(&job.correlation_id(&result.job_id)))
-            .with_timestamp(Utc::now().timestamp() as u64);
+            .with_timestamp(u64::try_from(Utc::now().timestamp()).unwrap_or(0));
         let main = self.publish_confirmed(&self.topology.exchange, result.routing_key(), &body, properties.clone());
         match job.reply_to() {
             Some(reply_to) => {
@@ -496,7 +517,12 @@ impl Broker {
         delay: Duration,
     ) -> anyhow::Result<()> {
         let delay = delay.min(MAX_DELAY);
-        let not_before = Utc::now() + delay;
+        let now = Utc::now();
+        // Seven days at most: the sum cannot overflow, but a wrong clock is no reason to panic.
+        let not_before = chrono::TimeDelta::from_std(delay)
+            .ok()
+            .and_then(|delay| now.checked_add_signed(delay))
+            .unwrap_or(now);
         let properties = job.with_headers(&[
             (headers::ATTEMPTS, AMQPValue::LongLongInt(i64::from(counters.attempts))),
             (
@@ -526,14 +552,61 @@ impl Broker {
 
     async fn delay_publish(&self, body: &[u8], properties: BasicProperties, delay: Duration) -> anyhow::Result<()> {
         let (label, _) = tier_for(delay);
-        let queue = self.topology.own(&format!("retry.{label}"));
-        self.publish_confirmed("", &queue, body, properties).await
+        self.publish_confirmed("", &delay_queue(&self.topology, label), body, properties)
+            .await
     }
 
     pub async fn close(&self) {
+        // A clean close sends no event; the broker is unusable from now on all the same.
+        self.lost.cancel();
         let _ = self.publisher.close(200, "bye".into()).await;
         let _ = self.connection.close(200, "bye".into()).await;
     }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.lost.cancel();
+    }
+}
+
+/// Starts the task that turns lapin's connection events into the broker's health: the returned
+/// token is cancelled on the first error event after which the connection or the publishing
+/// channel no longer works. lapin emits an error event for every way a connection fails (a lost
+/// socket, a missed heartbeat, a close forced by the broker) and for a channel the broker closes
+/// with an error; errors of other channels on the connection leave the broker usable. The task
+/// ends with the token.
+fn watch_health(
+    connection: &Connection,
+    publisher: &Channel,
+    mut events: BoxStream<'static, Event>,
+    node: String,
+) -> CancellationToken {
+    let lost = CancellationToken::new();
+    let (connection, publisher) = (connection.status().clone(), publisher.status().clone());
+    let usable = move || connection.connected() && publisher.connected();
+    let watcher = lost.clone();
+    tokio::spawn(async move {
+        // A failure before the listener existed sent no event; the state shows it.
+        if usable() {
+            loop {
+                let event = tokio::select! {
+                    () = watcher.cancelled() => return,
+                    event = events.next() => event,
+                };
+                match event {
+                    Some(Event::Error(error)) if !usable() => {
+                        warn!(node = %node, "the RabbitMQ connection to {node} failed: {error}");
+                        break;
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+        }
+        watcher.cancel();
+    });
+    lost
 }
 
 #[cfg(test)]
@@ -547,6 +620,15 @@ mod tests {
         assert_eq!(tier_for(Duration::from_secs(5)).0, "5s");
         assert_eq!(tier_for(Duration::from_secs(3 * 3600)).0, "1h");
         assert_eq!(tier_for(Duration::from_secs(7 * 86_400)).0, "1d");
+    }
+
+    #[test]
+    fn delay_queues_name_every_tier_in_the_namespace_shortest_first() {
+        let topology = Topology::with_namespace("ns");
+        let queues: Vec<String> = delay_queues(&topology).collect();
+        assert_eq!(queues.len(), DELAY_TIERS.len());
+        assert_eq!(queues.first().map(String::as_str), Some("ns.retry.1s"));
+        assert_eq!(queues.last().map(String::as_str), Some("ns.retry.1d"));
     }
 
     #[test]

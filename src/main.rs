@@ -1,58 +1,60 @@
-//! `review-worker`: wires telemetry, settings and the chosen command, and reports how it ended.
-//! Everything else lives in the library.
+//! `review-worker`: wires telemetry, settings and the chosen command, and turns how it ended into
+//! the exit code ([`RunError::exit_code`]). Everything else lives in the library.
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use review_worker::app::{self, RunError};
 use review_worker::cli::{self, Cli, Command};
 use review_worker::settings::Settings;
-use review_worker::{app, shutdown, telemetry};
+use review_worker::{shutdown, telemetry};
 
 #[tokio::main]
-#[allow(clippy::print_stdout, reason = "results are the commands' output")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let settings = match Settings::load(cli.config.as_deref()) {
-        Ok(settings) => settings,
+    match run(Cli::parse()).await {
+        Ok(code) => code,
         Err(error) => {
-            eprintln!("review-worker: {error}");
-            return ExitCode::from(2);
+            tracing::error!("review-worker stopped: {error:#}");
+            eprintln!("review-worker: {error:#}");
+            ExitCode::from(error.exit_code())
         }
-    };
-    telemetry::init(&settings.log);
+    }
+}
 
-    let ended = match &cli.command {
-        Command::Run => app::run(settings, shutdown::signal()).await.map(|()| ExitCode::SUCCESS),
-        Command::Review(args) => cli::review_once(&settings, args).await.and_then(|result| {
-            println!("{}", serde_json::to_string_pretty(&result)?);
+#[expect(clippy::print_stdout, reason = "results are the commands' output")]
+async fn run(cli: Cli) -> Result<ExitCode, RunError> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    telemetry::init(&settings.log);
+    match &cli.command {
+        Command::Run => {
+            app::run(settings, shutdown::on_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Review(args) => {
+            // Checked here, typed, so that a missing provider exits 2 like any other setting.
+            settings.require_provider()?;
+            let result = cli::review_once(&settings, args).await?;
+            println!("{}", serde_json::to_string_pretty(&result).map_err(anyhow::Error::new)?);
             // The result is printed either way; a script still needs to tell a failure apart.
             Ok(if result.is_failed() {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS
             })
-        }),
-        Command::Submit(args) => cli::submit(&settings, args).await.and_then(|results| {
-            for result in results {
-                println!("{}", serde_json::to_string_pretty(&result)?);
+        }
+        Command::Submit(args) => {
+            for result in cli::submit(&settings, args).await? {
+                println!("{}", serde_json::to_string_pretty(&result).map_err(anyhow::Error::new)?);
             }
             Ok(ExitCode::SUCCESS)
-        }),
-        Command::Sim(args) => zai_sim::run(args.clone(), shutdown::signal())
-            .await
-            .map(|()| ExitCode::SUCCESS),
-        Command::Check => cli::check(&settings).await,
-    };
-    match ended {
-        Ok(code) => code,
-        Err(error) => {
-            tracing::error!("review-worker stopped: {error:#}");
-            eprintln!("review-worker: {error:#}");
-            match error.downcast_ref::<app::StartError>() {
-                Some(_) => ExitCode::from(3),
-                None if error.downcast_ref::<review_worker::settings::SettingsError>().is_some() => ExitCode::from(2),
-                None => ExitCode::FAILURE,
-            }
+        }
+        Command::Sim(args) => {
+            zai_sim::run(args.clone(), shutdown::on_signal().cancelled_owned()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check => {
+            settings.require_provider()?;
+            Ok(cli::check(&settings).await?)
         }
     }
 }

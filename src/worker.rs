@@ -1,12 +1,11 @@
 //! The worker: consumes jobs, runs each through the executor, publishes its result, and only then
 //! acks. `handle_delivery` is one step (one message in, everything it causes on the broker out);
-//! `Worker::serve` is the loop around it, with shutdown passed in as a future.
+//! `Worker::serve` is the loop around it, with shutdown passed in as a token.
 //!
 //! Every way a job leaves the jobs queue goes through a confirmed publish first: a result, a dead
 //! letter, or a republish to a delay tier. A job is never acked on the strength of a publish the
 //! broker did not confirm, so a crash at any point leaves it in the queue (at-least-once).
 
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -307,7 +306,7 @@ impl Worker {
         replica: &str,
         prefetch: u16,
         drain: Duration,
-        shutdown: impl Future<Output = ()>,
+        shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         // Bounded: a node that accepts the connection but stalls on declarations (a quorum queue
         // without a leader yet) is a failed connection, and the reconnect loop tries the next.
@@ -319,7 +318,6 @@ impl Worker {
         .map_err(|_| anyhow::anyhow!("the broker did not set up leadership and the pause log within 30s"))??;
         let channel = self.broker.jobs_channel(prefetch).await?;
         let mut tasks = JoinSet::new();
-        tokio::pin!(shutdown);
 
         let ended: anyhow::Result<()> = 'serve: loop {
             // Wait to lead, and for a usable provider.
@@ -328,7 +326,7 @@ impl Worker {
                 info!("standing by: another replica leads (the plan's cap holds for the whole deployment)");
             }
             tokio::select! {
-                () = &mut shutdown => break 'serve Ok(()),
+                () = shutdown.cancelled() => break 'serve Ok(()),
                 led = coordination.until_leader() => if let Err(e) = led { break 'serve Err(e) },
             }
             self.status.set_role(Role::Leader);
@@ -336,7 +334,7 @@ impl Worker {
             while !self.executor.usable() {
                 self.status.set_consuming(false);
                 tokio::select! {
-                    () = &mut shutdown => break 'serve Ok(()),
+                    () = shutdown.cancelled() => break 'serve Ok(()),
                     e = coordination.failed() => break 'serve Err(e),
                     () = self.broker.until_unusable() => break 'serve Err(anyhow::anyhow!("the broker connection or publishing channel closed")),
                     () = self.wait_for_usable_lane() => {}
@@ -349,7 +347,7 @@ impl Worker {
             info!(queue = %self.broker.topology().jobs_queue, prefetch, cap = self.executor.main.limit.configured(), "consuming jobs");
             let stop = loop {
                 tokio::select! {
-                    () = &mut shutdown => break Some(Ok(())),
+                    () = shutdown.cancelled() => break Some(Ok(())),
                     e = coordination.failed() => break Some(Err(e)),
                     () = self.until_unusable() => break None,
                     () = self.broker.until_unusable() => break Some(Err(anyhow::anyhow!("the broker connection or publishing channel closed"))),

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::{WorkerProcess, World, job};
-use review_worker::broker::DELAY_TIERS;
+use review_worker::broker::delay_queues;
 use serde_json::Value;
 use zai_sim::{JunkShape, SimArgs, SimConfig};
 
@@ -45,11 +45,7 @@ async fn stop_and_assert_nothing_left(world: &World, worker: &mut WorkerProcess)
     let status = worker.terminate().await;
     assert!(status.success(), "clean exit: {status:?}\n{}", worker.log_text());
     let mut queues = vec![world.topology.jobs_queue.clone()];
-    queues.extend(
-        DELAY_TIERS
-            .iter()
-            .map(|(label, _)| world.topology.own(&format!("retry.{label}"))),
-    );
+    queues.extend(delay_queues(&world.topology));
     for queue in queues {
         assert_eq!(world.queue_len(&queue).await, 0, "{queue} is empty");
     }

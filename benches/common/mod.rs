@@ -9,7 +9,7 @@ use futures_util::StreamExt as _;
 use lapin::BasicProperties;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
-use review_worker::broker::{Broker, DELAY_TIERS};
+use review_worker::broker::{Broker, delay_queues};
 use review_worker::settings::Settings;
 use serde_json::{Value, json};
 
@@ -35,7 +35,7 @@ pub(crate) async fn teardown(broker: &Broker) {
     let t = broker.topology().clone();
     let channel = broker.channel().await.unwrap();
     let mut queues = vec![t.jobs_queue.clone(), t.results_queue.clone(), t.dead_queue.clone()];
-    queues.extend(DELAY_TIERS.iter().map(|(label, _)| t.own(&format!("retry.{label}"))));
+    queues.extend(delay_queues(&t));
     queues.extend([t.own("leadership"), t.own("pauses")]);
     for q in queues {
         let _ = channel

@@ -12,11 +12,13 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use review_worker::broker::{Broker, DELAY_TIERS};
+use review_worker::app::RunError;
+use review_worker::broker::{Broker, delay_queues};
 use review_worker::settings::{Settings, Topology};
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use zai_sim::{SimArgs, SimHandle};
 
 pub fn amqp_uri() -> String {
@@ -140,10 +142,8 @@ impl World {
     /// A worker running in this process until `stop`.
     pub fn spawn_worker(&self) -> RunningWorker {
         let settings = self.settings();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(review_worker::app::run(settings, async move {
-            let _ = stopped.await;
-        }));
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(review_worker::app::run(settings, stop.clone()));
         RunningWorker { stop, handle }
     }
 
@@ -285,11 +285,7 @@ impl Drop for World {
                     topology.results_queue.clone(),
                     topology.dead_queue.clone(),
                 ];
-                queues.extend(
-                    DELAY_TIERS
-                        .iter()
-                        .map(|(label, _)| topology.own(&format!("retry.{label}"))),
-                );
+                queues.extend(delay_queues(&topology));
                 for extra in ["leadership", "pauses"] {
                     queues.push(topology.own(extra));
                 }
@@ -433,14 +429,14 @@ impl WorkerProcess {
 }
 
 pub struct RunningWorker {
-    stop: oneshot::Sender<()>,
-    pub handle: JoinHandle<anyhow::Result<()>>,
+    stop: CancellationToken,
+    pub handle: JoinHandle<Result<(), RunError>>,
 }
 
 impl RunningWorker {
     /// Sends the shutdown and waits for `run` to return.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
+    pub async fn stop(self) -> Result<(), RunError> {
+        self.stop.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.handle)
             .await
             .expect("worker stops within 30s")
