@@ -34,7 +34,7 @@ const PAUSED_DELAY: Duration = Duration::from_secs(5);
 
 /// Why a review stopped short of a result.
 #[derive(Debug, thiserror::Error)]
-pub enum Unfinished {
+pub(crate) enum Unfinished {
     /// Every usable lane is paused (a quota window, an account problem).
     #[error("provider paused ({}, code {})", .0.reason, .0.code)]
     Paused(Pause),

@@ -21,7 +21,7 @@ use review_core::contract::Usage;
 
 /// A provider the worker can call; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Provider {
+pub(crate) struct Provider {
     inner: Arc<Inner>,
 }
 
@@ -35,7 +35,7 @@ struct Inner {
 }
 
 impl Provider {
-    pub fn new(settings: &ProviderSettings) -> anyhow::Result<Self> {
+    pub(crate) fn new(settings: &ProviderSettings) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
@@ -62,21 +62,21 @@ impl Provider {
     }
 
     /// `z.ai`, or the host for other endpoints.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.inner.name
     }
 
-    pub fn model(&self) -> &str {
+    pub(crate) fn model(&self) -> &str {
         &self.inner.settings.model
     }
 
-    pub fn settings(&self) -> &ProviderSettings {
+    pub(crate) fn settings(&self) -> &ProviderSettings {
         &self.inner.settings
     }
 
     /// The request body: model and messages, the thinking setting, then `API_LLM_CUSTOM_JSON`
     /// deep-merged on top so the operator's override always wins.
-    pub fn chat_body(&self, messages: &[Message]) -> Value {
+    pub(crate) fn chat_body(&self, messages: &[Message]) -> Value {
         let settings = &self.inner.settings;
         let mut body = json!({
             "model": settings.model,
@@ -94,7 +94,7 @@ impl Provider {
         body
     }
 
-    pub async fn chat(&self, messages: &[Message]) -> Result<ChatAnswer, ProviderError> {
+    pub(crate) async fn chat(&self, messages: &[Message]) -> Result<ChatAnswer, ProviderError> {
         let started = Instant::now();
         // The client's timeout is a deadline for the whole exchange, body included (reqwest
         // applies it until the last byte): a body that trickles in is a timeout like any other.
@@ -123,7 +123,7 @@ impl Provider {
     }
 
     /// The product's "Test & save": lists the models the key may use.
-    pub async fn list_models(&self) -> Result<Vec<String>, ProviderError> {
+    pub(crate) async fn list_models(&self) -> Result<Vec<String>, ProviderError> {
         let response = self
             .inner
             .http
