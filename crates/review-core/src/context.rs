@@ -20,7 +20,7 @@ pub fn estimate_tokens(text: &str) -> usize {
 
 /// [`estimate_tokens`] of a text known only by its size.
 pub(crate) fn tokens(size: TextSize) -> usize {
-    size.ascii.div_ceil(3) + size.other
+    size.ascii.div_ceil(3).saturating_add(size.other)
 }
 
 /// Why a file stays out of the prompt.
@@ -236,7 +236,8 @@ pub fn fit<'a>(files: Vec<FileDiff<'a>>, ignore: &GlobSet, budget_tokens: usize)
         let left = budget_tokens.saturating_sub(fitted.estimated_tokens);
         let whole = tokens(rendered_size(&file));
         if whole <= left {
-            fitted.estimated_tokens += whole;
+            // At most the budget: `whole` fits in what is left of it.
+            fitted.estimated_tokens = fitted.estimated_tokens.saturating_add(whole);
             fitted.files.push(file);
             continue;
         }
@@ -247,7 +248,7 @@ pub fn fit<'a>(files: Vec<FileDiff<'a>>, ignore: &GlobSet, budget_tokens: usize)
             continue;
         }
         file.hunks.truncate(kept);
-        fitted.estimated_tokens += cost;
+        fitted.estimated_tokens = fitted.estimated_tokens.saturating_add(cost);
         fitted.files.push(file);
     }
     fitted
@@ -257,14 +258,14 @@ pub fn fit<'a>(files: Vec<FileDiff<'a>>, ignore: &GlobSet, budget_tokens: usize)
 /// what the file cut to them costs.
 fn leading_hunks_that_fit(file: &FileDiff<'_>, budget: usize) -> (usize, usize) {
     let mut size = header_size(file);
-    let mut kept = 0;
+    let mut kept = 0_usize;
     for hunk in &file.hunks {
         let next = size.add(hunk_size(hunk));
         if tokens(next) > budget {
             break;
         }
         size = next;
-        kept += 1;
+        kept = kept.saturating_add(1);
     }
     (kept, tokens(size))
 }
