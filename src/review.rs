@@ -6,9 +6,10 @@ use review_core::anchor::anchor;
 use review_core::answer::{parse_answer, repair_instruction};
 use review_core::chat::{ChatAnswer, Message};
 use review_core::classify::ProviderError;
-use review_core::context::{Fitted, build_ignore_set, context_window, estimate_tokens, fit};
+use review_core::context::{Fitted, build_ignore_set, estimate_tokens, fit};
 use review_core::contract::{Job, Suggestion, Usage};
 use review_core::diff::{FileDiff, from_job_files, parse_unified};
+use review_core::models::context_window;
 use review_core::prompt::build_messages;
 
 /// A job ready to send: what fits the model's window, and the messages.

@@ -2,16 +2,23 @@
 //! into typed structs once, at start. Nothing downstream reads the environment.
 //!
 //! Variable names are the contract's (§5); a TOML file uses the same names in lower case
-//! (`api_llm_provider_model = "glm-5.1"`). Every problem is reported at once, each naming its
-//! variable and saying what to do, because an operator fixing a `.env` wants the whole list.
+//! (`api_llm_provider_model = "glm-5.1"`). Each section (the main provider, the fallback, the
+//! broker, reviews, the replica's operation, logs) has its own parser. Every problem is reported
+//! at once, each naming its variable and saying what to do, because an operator fixing a `.env`
+//! wants the whole list: a section with a problem is refused, and the others are still parsed.
 
+use std::ops::RangeInclusive;
 use std::path::Path;
+use std::str::FromStr;
 use std::time::Duration;
 
 use reqwest::Url;
+use review_core::models;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{Directive, LevelFilter};
 
 /// The Coding Plan's dedicated endpoint: Coding Plan keys work only here.
 pub const CODING_PLAN_BASE_URL: &str = "https://api.z.ai/api/coding/paas/v4";
@@ -132,6 +139,231 @@ fn describe(error: &config::ConfigError) -> String {
     }
 }
 
+/// A value a setting does not take, in words that say what it does take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{found}` is not {what}: use {expected}")]
+pub struct InvalidValue {
+    found: String,
+    what: &'static str,
+    expected: &'static str,
+}
+
+impl InvalidValue {
+    fn new(found: &str, what: &'static str, expected: &'static str) -> Self {
+        Self {
+            found: found.trim().to_owned(),
+            what,
+            expected,
+        }
+    }
+}
+
+/// The problems found so far. A section with any is refused whole, but parsing goes on so that
+/// the operator gets the whole list at once; meanwhile a refused value's default stands in for
+/// it, and is never used.
+#[derive(Debug, Default)]
+struct Found(Vec<Problem>);
+
+impl Found {
+    fn note(&mut self, variable: &'static str, message: String) {
+        self.0.push(Problem { variable, message });
+    }
+
+    /// The value `parsed` holds, or `default` when the variable is unset or refused.
+    fn or<T>(&mut self, parsed: Result<Option<T>, Problem>, default: T) -> T {
+        self.or_else(parsed, || default)
+    }
+
+    fn or_else<T>(&mut self, parsed: Result<Option<T>, Problem>, default: impl FnOnce() -> T) -> T {
+        match parsed {
+            Ok(value) => value.unwrap_or_else(default),
+            Err(problem) => {
+                self.0.push(problem);
+                default()
+            }
+        }
+    }
+
+    /// A section's value, or `None` with its problems noted.
+    fn section<T>(&mut self, section: Result<T, Vec<Problem>>) -> Option<T> {
+        section.map_err(|problems| self.0.extend(problems)).ok()
+    }
+
+    /// `section`, unless a problem was found while building it.
+    fn into_section<T>(self, section: T) -> Result<T, Vec<Problem>> {
+        if self.0.is_empty() { Ok(section) } else { Err(self.0) }
+    }
+}
+
+fn non_empty(value: Option<&str>) -> Option<&str> {
+    value.map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// `variable` parsed by its type's `FromStr`; `None` when unset or blank.
+fn setting<T: FromStr<Err = InvalidValue>>(variable: &'static str, value: Option<&str>) -> Result<Option<T>, Problem> {
+    non_empty(value)
+        .map(str::parse)
+        .transpose()
+        .map_err(|error: InvalidValue| Problem {
+            variable,
+            message: error.to_string(),
+        })
+}
+
+/// `variable` as a whole number in `range`; `None` when unset or blank.
+fn number<T: TryFrom<u64>>(
+    variable: &'static str,
+    value: Option<&str>,
+    range: RangeInclusive<u64>,
+) -> Result<Option<T>, Problem> {
+    let Some(text) = non_empty(value) else {
+        return Ok(None);
+    };
+    let Ok(n) = text.parse::<u64>() else {
+        return Err(Problem {
+            variable,
+            message: format!("`{text}` is not a whole number"),
+        });
+    };
+    match T::try_from(n) {
+        Ok(number) if range.contains(&n) => Ok(Some(number)),
+        Ok(_) | Err(_) => Err(Problem {
+            variable,
+            message: format!("{n} is out of range: use {} to {}", range.start(), range.end()),
+        }),
+    }
+}
+
+/// `variable` as a duration (see [`parse_duration`]); `None` when unset or blank.
+fn duration(variable: &'static str, value: Option<&str>) -> Result<Option<Duration>, Problem> {
+    non_empty(value)
+        .map(|text| {
+            parse_duration(text).ok_or_else(|| Problem {
+                variable,
+                message: format!("`{text}` is not a duration: use seconds or a number with s, m, h or d (e.g. 7d)"),
+            })
+        })
+        .transpose()
+}
+
+/// `90`, `90s`, `15m`, `6h`, `7d`.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let n: u64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3_600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (seconds > 0).then(|| Duration::from_secs(seconds))
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Required by `run`, `review` and `check`; see [`Settings::require_provider`].
+    pub provider: Option<ProviderSettings>,
+    pub fallback: Option<ProviderSettings>,
+    pub broker: BrokerSettings,
+    pub limits: LimitSettings,
+    pub review: ReviewSettings,
+    pub health_port: u16,
+    pub drain_timeout: Duration,
+    pub log: LogSettings,
+}
+
+impl Settings {
+    /// Loads defaults < `file` (if given) < the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        let raw: Raw = builder
+            .add_source(config::Environment::default().try_parsing(false))
+            .build()?
+            .try_deserialize()?;
+        Self::from_raw(&raw)
+    }
+
+    /// Loads from the given variables only (tests, and callers that build an environment).
+    pub fn from_vars<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, SettingsError> {
+        Self::from_raw(&Raw::from_vars(vars)?)
+    }
+
+    /// The main provider, or the list of what is missing for it.
+    pub fn require_provider(&self) -> Result<&ProviderSettings, SettingsError> {
+        self.provider.as_ref().ok_or_else(|| {
+            SettingsError::Invalid(vec![Problem {
+                variable: "API_LLM_PROVIDER_MODEL",
+                message: "the Fixed Mode provider is not configured: set API_LLM_PROVIDER_MODEL, \
+                          API_OPENAI_FORCE_BASE_URL and API_OPEN_AI_API_KEY (see .env.example)"
+                    .to_owned(),
+            }])
+        })
+    }
+
+    fn from_raw(raw: &Raw) -> Result<Self, SettingsError> {
+        let mut found = Found::default();
+        // One timeout for the calls of both providers.
+        let timeout = Duration::from_millis(found.or(
+            number(
+                "API_LLM_TIMEOUT_MS",
+                raw.api_llm_timeout_ms.as_deref(),
+                1_000..=3_600_000,
+            ),
+            DEFAULT_TIMEOUT_MS,
+        ));
+        let main = found.section(MainSection::parse(raw, timeout));
+        let fallback = found.section(FallbackSection::parse(raw, timeout));
+        let broker = found.section(BrokerSettings::parse(raw));
+        let review = found.section(ReviewSettings::parse(raw));
+        let ops = found.section(OpsSection::parse(raw));
+        let log = found.section(LogSettings::parse(raw));
+        match (main, fallback, broker, review, ops, log) {
+            (Some(main), Some(fallback), Some(broker), Some(review), Some(ops), Some(log)) if found.0.is_empty() => {
+                Ok(Self {
+                    limits: LimitSettings {
+                        plan: main.plan,
+                        max_concurrent_requests: main.max_concurrent_requests,
+                        fallback_max_concurrent_requests: fallback.max_concurrent_requests,
+                        worker_concurrency: ops
+                            .worker_concurrency
+                            .unwrap_or_else(|| default_worker_concurrency(main.max_concurrent_requests)),
+                    },
+                    provider: main.provider,
+                    fallback: fallback.provider,
+                    broker,
+                    review,
+                    health_port: ops.health_port,
+                    drain_timeout: ops.drain_timeout,
+                    log,
+                })
+            }
+            _ => Err(SettingsError::Invalid(found.0)),
+        }
+    }
+}
+
+impl Raw {
+    fn from_vars<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, SettingsError> {
+        let map: std::collections::HashMap<String, String> =
+            vars.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        Ok(config::Config::builder()
+            .add_source(config::Environment::default().source(Some(map)).try_parsing(false))
+            .build()?
+            .try_deserialize()?)
+    }
+}
+
+const DEFAULT_TIMEOUT_MS: u64 = 300_000;
+
+// The providers: `API_LLM_*`.
+
 /// Which Z.AI plan the key belongs to; it sets the default deployment-wide cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {
@@ -160,14 +392,18 @@ impl Plan {
             Self::Developer => DEVELOPER_DEFAULT_CAP,
         }
     }
+}
 
-    fn parse(text: &str) -> Option<Self> {
+impl FromStr for Plan {
+    type Err = InvalidValue;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text.trim().to_ascii_lowercase().as_str() {
-            "lite" => Some(Self::Lite),
-            "pro" => Some(Self::Pro),
-            "max" => Some(Self::Max),
-            "developer" | "pay-per-token" | "payg" => Some(Self::Developer),
-            _ => None,
+            "lite" => Ok(Self::Lite),
+            "pro" => Ok(Self::Pro),
+            "max" => Ok(Self::Max),
+            "developer" | "pay-per-token" | "payg" => Ok(Self::Developer),
+            _ => Err(InvalidValue::new(text, "a plan", "lite, pro, max or developer")),
         }
     }
 }
@@ -181,6 +417,20 @@ pub enum Thinking {
     Disabled,
     /// Send nothing: for a fallback that may not be a GLM endpoint at all.
     ProviderDefault,
+}
+
+/// `API_LLM_THINKING`: `medium` (or `enabled`) and `disabled` (or `off`). There is no text for
+/// [`Thinking::ProviderDefault`]: only the fallback uses it, and it is not a setting.
+impl FromStr for Thinking {
+    type Err = InvalidValue;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "medium" | "enabled" => Ok(Self::Enabled),
+            "disabled" | "off" => Ok(Self::Disabled),
+            _ => Err(InvalidValue::new(text, "a thinking setting", "medium or disabled")),
+        }
+    }
 }
 
 /// One OpenAI-compatible provider: the main one (Fixed Mode) or the fallback.
@@ -227,6 +477,254 @@ pub fn provider_name(url: &Url) -> String {
         None => "openai-compatible".to_owned(),
     }
 }
+
+/// What one provider is built from: its three variables (the main provider's or the
+/// fallback's, named in `variables`: model, base URL, key) and the request options that differ
+/// between the two.
+struct ProviderInput<'a> {
+    variables: [&'static str; 3],
+    model: Option<&'a str>,
+    base_url: Option<&'a str>,
+    api_key: Option<&'a SecretString>,
+    thinking: Thinking,
+    custom_json: Map<String, Value>,
+    timeout: Duration,
+}
+
+impl ProviderInput<'_> {
+    /// The provider, if all three variables are set; `None` if none is (no provider, no problem).
+    fn build(self, found: &mut Found) -> Option<ProviderSettings> {
+        let [model_var, url_var, key_var] = self.variables;
+        let model = non_empty(self.model);
+        let base_url = non_empty(self.base_url);
+        // A key pasted from a file often carries a trailing newline, which would break the header.
+        let key = self
+            .api_key
+            .map(|k| k.expose_secret().trim())
+            .filter(|k| !k.is_empty())
+            .map(|k| SecretString::from(k.to_owned()));
+        if model.is_none() && base_url.is_none() && key.is_none() {
+            return None;
+        }
+        let before = found.0.len();
+        if model.is_none() {
+            found.note(
+                model_var,
+                format!(
+                    "is empty: set a model id, such as one Z.AI lists ({}); the other {url_var} and {key_var} are set",
+                    models::listed_in_words()
+                ),
+            );
+        }
+        if key.is_none() {
+            found.note(key_var, format!("is empty: set the API key that matches {url_var}"));
+        }
+        let url = match base_url {
+            None => {
+                found.note(
+                    url_var,
+                    format!(
+                        "is empty: use {CODING_PLAN_BASE_URL} (Coding Plan) or {DEVELOPER_BASE_URL} (pay-per-token)"
+                    ),
+                );
+                None
+            }
+            Some(text) => match Url::parse(text) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {
+                    Some(normalise_base_url(url))
+                }
+                Ok(_) | Err(_) => {
+                    found.note(
+                        url_var,
+                        format!("`{text}` is not an http(s) URL: use {CODING_PLAN_BASE_URL} or {DEVELOPER_BASE_URL}"),
+                    );
+                    None
+                }
+            },
+        };
+        if let (Some(url), Some(model)) = (&url, model) {
+            if url.path().trim_end_matches('/').ends_with("/v1") && url.host_str().is_some_and(|h| h.ends_with("z.ai"))
+            {
+                found.note(
+                    url_var,
+                    "Z.AI has no /v1 segment: drop it (calls would answer 404)".to_owned(),
+                );
+            }
+            if url.path().contains("/coding/") && !models::is_glm(model) {
+                found.note(
+                    model_var,
+                    format!(
+                        "`{model}` is not a GLM model, and the Coding Plan endpoint rejects non-GLM names: use {}",
+                        models::listed_in_words()
+                    ),
+                );
+            }
+        }
+        if found.0.len() > before {
+            return None;
+        }
+        Some(ProviderSettings {
+            model: model?.to_owned(),
+            base_url: url?,
+            api_key: key?,
+            thinking: self.thinking,
+            custom_json: self.custom_json,
+            timeout: self.timeout,
+        })
+    }
+}
+
+fn normalise_base_url(mut url: Url) -> Url {
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    url
+}
+
+/// The main provider (Fixed Mode), its request options, and the plan that caps the deployment's
+/// calls.
+#[derive(Debug)]
+struct MainSection {
+    provider: Option<ProviderSettings>,
+    plan: Plan,
+    max_concurrent_requests: u32,
+}
+
+impl MainSection {
+    fn parse(raw: &Raw, timeout: Duration) -> Result<Self, Vec<Problem>> {
+        let mut found = Found::default();
+        let thinking = found.or(
+            setting("API_LLM_THINKING", raw.api_llm_thinking.as_deref()),
+            Thinking::Enabled,
+        );
+        let custom_json = found.or_else(custom_json(raw.api_llm_custom_json.as_deref()), Map::new);
+        let provider = ProviderInput {
+            variables: [
+                "API_LLM_PROVIDER_MODEL",
+                "API_OPENAI_FORCE_BASE_URL",
+                "API_OPEN_AI_API_KEY",
+            ],
+            model: raw.api_llm_provider_model.as_deref(),
+            base_url: raw.api_openai_force_base_url.as_deref(),
+            api_key: raw.api_open_ai_api_key.as_ref(),
+            thinking,
+            custom_json,
+            timeout,
+        }
+        .build(&mut found);
+        let inferred = if provider.as_ref().is_some_and(ProviderSettings::is_coding_plan) {
+            Plan::Lite
+        } else {
+            Plan::Developer
+        };
+        let plan = found.or(setting("API_LLM_PLAN", raw.api_llm_plan.as_deref()), inferred);
+        let most = if plan == Plan::Developer {
+            1_000
+        } else {
+            u64::from(MAX_PLAN_CAP)
+        };
+        let max_concurrent_requests = found.or(
+            number(
+                "API_LLM_MAX_CONCURRENT_REQUESTS",
+                raw.api_llm_max_concurrent_requests.as_deref(),
+                1..=most,
+            ),
+            plan.default_cap(),
+        );
+        found.into_section(Self {
+            provider,
+            plan,
+            max_concurrent_requests,
+        })
+    }
+}
+
+/// The fallback provider and its own cap. It shares no request options with the main provider
+/// (it may not be a GLM endpoint at all), only the timeout.
+#[derive(Debug)]
+struct FallbackSection {
+    provider: Option<ProviderSettings>,
+    max_concurrent_requests: u32,
+}
+
+impl FallbackSection {
+    fn parse(raw: &Raw, timeout: Duration) -> Result<Self, Vec<Problem>> {
+        let mut found = Found::default();
+        let provider = ProviderInput {
+            variables: [
+                "API_LLM_FALLBACK_PROVIDER_MODEL",
+                "API_LLM_FALLBACK_BASE_URL",
+                "API_LLM_FALLBACK_API_KEY",
+            ],
+            model: raw.api_llm_fallback_provider_model.as_deref(),
+            base_url: raw.api_llm_fallback_base_url.as_deref(),
+            api_key: raw.api_llm_fallback_api_key.as_ref(),
+            thinking: Thinking::ProviderDefault,
+            custom_json: Map::new(),
+            timeout,
+        }
+        .build(&mut found);
+        // A Coding Plan fallback is taken for the smallest plan.
+        let default_cap = if provider.as_ref().is_some_and(ProviderSettings::is_coding_plan) {
+            Plan::Lite.default_cap()
+        } else {
+            DEVELOPER_DEFAULT_CAP
+        };
+        let max_concurrent_requests = found.or(
+            number(
+                "API_LLM_FALLBACK_MAX_CONCURRENT_REQUESTS",
+                raw.api_llm_fallback_max_concurrent_requests.as_deref(),
+                1..=1_000,
+            ),
+            default_cap,
+        );
+        found.into_section(Self {
+            provider,
+            max_concurrent_requests,
+        })
+    }
+}
+
+/// `API_LLM_CUSTOM_JSON`: a JSON object, with the product's `{"openaiCompatible": {...}}`
+/// wrapper taken off.
+fn custom_json(value: Option<&str>) -> Result<Option<Map<String, Value>>, Problem> {
+    let Some(text) = non_empty(value) else {
+        return Ok(None);
+    };
+    let refused = |message: String| Problem {
+        variable: "API_LLM_CUSTOM_JSON",
+        message,
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(mut object)) => {
+            // Only a lone wrapper is unwrapped; a key of that name among others is the operator's.
+            if object.len() == 1
+                && let Some(Value::Object(inner)) = object.get_mut("openaiCompatible")
+            {
+                return Ok(Some(std::mem::take(inner)));
+            }
+            Ok(Some(object))
+        }
+        Ok(other) => {
+            let kind = match other {
+                Value::Array(_) => "an array",
+                Value::String(_) => "a string",
+                Value::Number(_) => "a number",
+                Value::Bool(_) => "a boolean",
+                _ => "null",
+            };
+            Err(refused(format!(
+                "is {kind}, not a JSON object: use e.g. {{\"thinking\":{{\"type\":\"enabled\",\"budget_tokens\":20000}}}}"
+            )))
+        }
+        Err(error) => Err(refused(format!(
+            "is not valid JSON ({error}): use e.g. {{\"thinking\":{{\"type\":\"disabled\"}}}}"
+        ))),
+    }
+}
+
+// The broker: `API_RABBITMQ_*`.
 
 /// Names on the broker. The contract's defaults come from the namespace `review`; each can be
 /// overridden, and tests give every test a namespace of its own.
@@ -275,7 +773,19 @@ impl BrokerSettings {
             .collect::<Vec<_>>()
             .join(",")
     }
+
+    fn parse(raw: &Raw) -> Result<Self, Vec<Problem>> {
+        let mut found = Found::default();
+        let topology = parse_topology(&mut found, raw);
+        let uris = match raw.api_rabbitmq_uri.as_ref().map(ExposeSecret::expose_secret) {
+            Some(list) if !list.trim().is_empty() => parse_uri_list(&mut found, list),
+            _ => vec![SecretString::from(with_frame_max(DEFAULT_RABBITMQ_URI))],
+        };
+        found.into_section(Self { uris, topology })
+    }
 }
+
+const DEFAULT_RABBITMQ_URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// The AMQP frame size the worker asks the broker for, unless a URI sets its own `frame_max`.
 /// lapin keeps a receive and a send buffer of 32 frames per connection and zero-fills them once
@@ -296,18 +806,16 @@ fn with_frame_max(uri: &str) -> String {
 
 /// `API_RABBITMQ_URI`: one AMQP URI or a comma-separated list of them, like other AMQP clients'
 /// address lists.
-fn parse_uri_list(p: &mut Vec<Problem>, list: &str) -> Vec<SecretString> {
+fn parse_uri_list(found: &mut Found, list: &str) -> Vec<SecretString> {
     let mut uris = Vec::new();
     for text in list.split(',').map(str::trim) {
         if text.is_empty() {
-            problem(
-                p,
+            found.note(
                 "API_RABBITMQ_URI",
                 "has an empty entry; separate URIs with single commas".to_owned(),
             );
         } else if !(text.starts_with("amqp://") || text.starts_with("amqps://")) {
-            problem(
-                p,
+            found.note(
                 "API_RABBITMQ_URI",
                 format!("`{}` is not an amqp:// or amqps:// URI", redact_uri(text)),
             );
@@ -348,485 +856,7 @@ pub fn redact_uri(uri: &str) -> String {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct LimitSettings {
-    pub plan: Plan,
-    /// Requests in flight allowed for the whole deployment.
-    pub max_concurrent_requests: u32,
-    /// Requests in flight allowed on the fallback provider.
-    pub fallback_max_concurrent_requests: u32,
-    /// Reviews this replica runs at once (its prefetch).
-    pub worker_concurrency: u32,
-}
-
-#[derive(Debug, Clone)]
-pub struct ReviewSettings {
-    pub max_job_bytes: usize,
-    pub max_attempts: u32,
-    pub max_job_age: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Clone)]
-pub struct LogSettings {
-    pub level: String,
-    pub format: LogFormat,
-}
-
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Required by `run`, `review` and `check`; see [`Settings::require_provider`].
-    pub provider: Option<ProviderSettings>,
-    pub fallback: Option<ProviderSettings>,
-    pub broker: BrokerSettings,
-    pub limits: LimitSettings,
-    pub review: ReviewSettings,
-    pub health_port: u16,
-    pub drain_timeout: Duration,
-    pub log: LogSettings,
-}
-
-const DEFAULT_RABBITMQ_URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const DEFAULT_TIMEOUT_MS: u64 = 300_000;
-const DEFAULT_MAX_JOB_BYTES: usize = 16 * 1024 * 1024;
-const DEFAULT_MAX_ATTEMPTS: u32 = 5;
-const DEFAULT_MAX_JOB_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
-const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 60_000;
-const DEFAULT_HEALTH_PORT: u16 = 3334;
-
-impl Settings {
-    /// Loads defaults < `file` (if given) < the process environment.
-    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
-        let mut builder = config::Config::builder();
-        if let Some(file) = file {
-            builder = builder.add_source(config::File::from(file).required(true));
-        }
-        let raw: Raw = builder
-            .add_source(config::Environment::default().try_parsing(false))
-            .build()?
-            .try_deserialize()?;
-        Self::from_raw(raw)
-    }
-
-    /// Loads from the given variables only (tests, and callers that build an environment).
-    pub fn from_vars<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, SettingsError> {
-        let map: std::collections::HashMap<String, String> =
-            vars.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
-        let raw: Raw = config::Config::builder()
-            .add_source(config::Environment::default().source(Some(map)).try_parsing(false))
-            .build()?
-            .try_deserialize()?;
-        Self::from_raw(raw)
-    }
-
-    /// The main provider, or the list of what is missing for it.
-    pub fn require_provider(&self) -> Result<&ProviderSettings, SettingsError> {
-        self.provider.as_ref().ok_or_else(|| {
-            SettingsError::Invalid(vec![Problem {
-                variable: "API_LLM_PROVIDER_MODEL",
-                message: "the Fixed Mode provider is not configured: set API_LLM_PROVIDER_MODEL, \
-                          API_OPENAI_FORCE_BASE_URL and API_OPEN_AI_API_KEY (see .env.example)"
-                    .to_owned(),
-            }])
-        })
-    }
-
-    fn from_raw(raw: Raw) -> Result<Self, SettingsError> {
-        let mut problems = Vec::new();
-        let p = &mut problems;
-        let topology = parse_topology(p, &raw);
-
-        let timeout = Duration::from_millis(
-            parse_number(
-                p,
-                "API_LLM_TIMEOUT_MS",
-                raw.api_llm_timeout_ms.as_deref(),
-                1_000,
-                3_600_000,
-            )
-            .unwrap_or(DEFAULT_TIMEOUT_MS),
-        );
-        let thinking = match non_empty(raw.api_llm_thinking.as_deref()).map(str::to_ascii_lowercase) {
-            None => Thinking::Enabled,
-            Some(t) if t == "medium" || t == "enabled" => Thinking::Enabled,
-            Some(t) if t == "disabled" || t == "off" => Thinking::Disabled,
-            Some(other) => {
-                problem(
-                    p,
-                    "API_LLM_THINKING",
-                    format!("`{other}` is not a thinking setting: use `medium` or `disabled`"),
-                );
-                Thinking::Enabled
-            }
-        };
-        let custom_json = parse_custom_json(p, raw.api_llm_custom_json.as_deref());
-
-        let provider = parse_provider(
-            p,
-            [
-                "API_LLM_PROVIDER_MODEL",
-                "API_OPENAI_FORCE_BASE_URL",
-                "API_OPEN_AI_API_KEY",
-            ],
-            raw.api_llm_provider_model.as_deref(),
-            raw.api_openai_force_base_url.as_deref(),
-            raw.api_open_ai_api_key,
-        )
-        .map(|(model, base_url, api_key)| ProviderSettings {
-            model,
-            base_url,
-            api_key,
-            thinking,
-            custom_json,
-            timeout,
-        });
-        let fallback = parse_provider(
-            p,
-            [
-                "API_LLM_FALLBACK_PROVIDER_MODEL",
-                "API_LLM_FALLBACK_BASE_URL",
-                "API_LLM_FALLBACK_API_KEY",
-            ],
-            raw.api_llm_fallback_provider_model.as_deref(),
-            raw.api_llm_fallback_base_url.as_deref(),
-            raw.api_llm_fallback_api_key,
-        )
-        .map(|(model, base_url, api_key)| ProviderSettings {
-            model,
-            base_url,
-            api_key,
-            thinking: Thinking::ProviderDefault,
-            custom_json: Map::new(),
-            timeout,
-        });
-
-        let inferred_plan = match &provider {
-            Some(provider) if provider.is_coding_plan() => Plan::Lite,
-            _ => Plan::Developer,
-        };
-        let plan = match non_empty(raw.api_llm_plan.as_deref()) {
-            None => inferred_plan,
-            Some(text) => Plan::parse(text).unwrap_or_else(|| {
-                problem(
-                    p,
-                    "API_LLM_PLAN",
-                    format!("`{text}` is not a plan: use lite, pro, max or developer"),
-                );
-                inferred_plan
-            }),
-        };
-        let max_concurrent_requests = parse_number(
-            p,
-            "API_LLM_MAX_CONCURRENT_REQUESTS",
-            raw.api_llm_max_concurrent_requests.as_deref(),
-            1,
-            if plan == Plan::Developer {
-                1_000
-            } else {
-                u64::from(MAX_PLAN_CAP)
-            },
-        )
-        .map_or(plan.default_cap(), |n| n as u32);
-        let fallback_default = match &fallback {
-            Some(f) if f.is_coding_plan() => 1,
-            _ => DEVELOPER_DEFAULT_CAP,
-        };
-        let fallback_max_concurrent_requests = parse_number(
-            p,
-            "API_LLM_FALLBACK_MAX_CONCURRENT_REQUESTS",
-            raw.api_llm_fallback_max_concurrent_requests.as_deref(),
-            1,
-            1_000,
-        )
-        .map_or(fallback_default, |n| n as u32);
-        let worker_concurrency = parse_number(
-            p,
-            "API_WORKER_CONCURRENCY",
-            raw.api_worker_concurrency.as_deref(),
-            1,
-            1_000,
-        )
-        .map_or_else(|| default_worker_concurrency(max_concurrent_requests), |n| n as u32);
-
-        let broker = BrokerSettings {
-            uris: match raw.api_rabbitmq_uri {
-                Some(list) if !list.expose_secret().trim().is_empty() => parse_uri_list(p, list.expose_secret()),
-                _ => vec![SecretString::from(with_frame_max(DEFAULT_RABBITMQ_URI))],
-            },
-            topology,
-        };
-
-        let review = ReviewSettings {
-            max_job_bytes: parse_number(
-                p,
-                "API_REVIEW_MAX_JOB_BYTES",
-                raw.api_review_max_job_bytes.as_deref(),
-                1_024,
-                128 * 1024 * 1024,
-            )
-            .map_or(DEFAULT_MAX_JOB_BYTES, |n| n as usize),
-            max_attempts: parse_number(
-                p,
-                "API_REVIEW_MAX_ATTEMPTS",
-                raw.api_review_max_attempts.as_deref(),
-                1,
-                100,
-            )
-            .map_or(DEFAULT_MAX_ATTEMPTS, |n| n as u32),
-            max_job_age: match non_empty(raw.api_review_max_job_age.as_deref()) {
-                None => DEFAULT_MAX_JOB_AGE,
-                Some(text) => parse_duration(text).unwrap_or_else(|| {
-                    problem(
-                        p,
-                        "API_REVIEW_MAX_JOB_AGE",
-                        format!("`{text}` is not a duration: use seconds or a number with s, m, h or d (e.g. 7d)"),
-                    );
-                    DEFAULT_MAX_JOB_AGE
-                }),
-            },
-        };
-        let health_port = parse_number(p, "WORKER_HEALTH_PORT", raw.worker_health_port.as_deref(), 0, 65_535)
-            .map_or(DEFAULT_HEALTH_PORT, |n| n as u16);
-        let drain_timeout = Duration::from_millis(
-            parse_number(
-                p,
-                "API_WORKER_DRAIN_TIMEOUT_MS",
-                raw.api_worker_drain_timeout_ms.as_deref(),
-                0,
-                3_600_000,
-            )
-            .unwrap_or(DEFAULT_DRAIN_TIMEOUT_MS),
-        );
-        let log = LogSettings {
-            level: non_empty(raw.api_log_level.as_deref()).unwrap_or("info").to_owned(),
-            format: match non_empty(raw.api_log_format.as_deref())
-                .map(str::to_ascii_lowercase)
-                .as_deref()
-            {
-                None | Some("text") => LogFormat::Text,
-                Some("json") => LogFormat::Json,
-                Some(other) => {
-                    problem(
-                        p,
-                        "API_LOG_FORMAT",
-                        format!("`{other}` is not a log format: use text or json"),
-                    );
-                    LogFormat::Text
-                }
-            },
-        };
-
-        if !problems.is_empty() {
-            return Err(SettingsError::Invalid(problems));
-        }
-        Ok(Self {
-            provider,
-            fallback,
-            broker,
-            limits: LimitSettings {
-                plan,
-                max_concurrent_requests,
-                fallback_max_concurrent_requests,
-                worker_concurrency,
-            },
-            review,
-            health_port,
-            drain_timeout,
-            log,
-        })
-    }
-}
-
-/// The cap plus a quarter (at least one): jobs held beyond the cap wait locally for a free call,
-/// so the next review starts the moment one ends instead of after a broker round trip (a result
-/// confirm, an ack and a delivery), which at cap 1 costs about 3% of the plan.
-fn default_worker_concurrency(cap: u32) -> u32 {
-    cap + (cap / 4).max(1)
-}
-
-fn problem(problems: &mut Vec<Problem>, variable: &'static str, message: String) {
-    problems.push(Problem { variable, message });
-}
-
-fn non_empty(value: Option<&str>) -> Option<&str> {
-    value.map(str::trim).filter(|v| !v.is_empty())
-}
-
-fn parse_number(
-    problems: &mut Vec<Problem>,
-    variable: &'static str,
-    value: Option<&str>,
-    min: u64,
-    max: u64,
-) -> Option<u64> {
-    let text = non_empty(value)?;
-    match text.parse::<u64>() {
-        Ok(n) if (min..=max).contains(&n) => Some(n),
-        Ok(n) => {
-            problem(problems, variable, format!("{n} is out of range: use {min} to {max}"));
-            None
-        }
-        Err(_) => {
-            problem(problems, variable, format!("`{text}` is not a whole number"));
-            None
-        }
-    }
-}
-
-/// `90`, `90s`, `15m`, `6h`, `7d`.
-fn parse_duration(text: &str) -> Option<Duration> {
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => text.split_at(at),
-        None => (text, "s"),
-    };
-    let n: u64 = number.parse().ok()?;
-    let seconds = match unit.trim() {
-        "s" => n,
-        "m" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3_600)?,
-        "d" => n.checked_mul(86_400)?,
-        _ => return None,
-    };
-    (seconds > 0).then(|| Duration::from_secs(seconds))
-}
-
-/// The three Fixed Mode variables of one provider: all set, or none (then `None`).
-fn parse_provider(
-    problems: &mut Vec<Problem>,
-    [model_var, url_var, key_var]: [&'static str; 3],
-    model: Option<&str>,
-    base_url: Option<&str>,
-    key: Option<SecretString>,
-) -> Option<(String, Url, SecretString)> {
-    let model = non_empty(model);
-    let base_url = non_empty(base_url);
-    // A key pasted from a file often carries a trailing newline, which would break the header.
-    let key = key
-        .map(|k| SecretString::from(k.expose_secret().trim().to_owned()))
-        .filter(|k| !k.expose_secret().is_empty());
-    if model.is_none() && base_url.is_none() && key.is_none() {
-        return None;
-    }
-    let before = problems.len();
-    if model.is_none() {
-        problem(
-            problems,
-            model_var,
-            format!("is empty: set a model id such as glm-5.1 (the other {url_var} and {key_var} are set)"),
-        );
-    }
-    if key.is_none() {
-        problem(
-            problems,
-            key_var,
-            format!("is empty: set the API key that matches {url_var}"),
-        );
-    }
-    let url = match base_url {
-        None => {
-            problem(
-                problems,
-                url_var,
-                format!("is empty: use {CODING_PLAN_BASE_URL} (Coding Plan) or {DEVELOPER_BASE_URL} (pay-per-token)"),
-            );
-            None
-        }
-        Some(text) => match Url::parse(text) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {
-                Some(normalise_base_url(url))
-            }
-            Ok(_) | Err(_) => {
-                problem(
-                    problems,
-                    url_var,
-                    format!("`{text}` is not an http(s) URL: use {CODING_PLAN_BASE_URL} or {DEVELOPER_BASE_URL}"),
-                );
-                None
-            }
-        },
-    };
-    if let (Some(url), Some(model)) = (&url, model) {
-        if url.path().trim_end_matches('/').ends_with("/v1") && url.host_str().is_some_and(|h| h.ends_with("z.ai")) {
-            problem(
-                problems,
-                url_var,
-                "Z.AI has no /v1 segment: drop it (calls would answer 404)".to_owned(),
-            );
-        }
-        if url.path().contains("/coding/") && !model.to_ascii_lowercase().starts_with("glm-") {
-            problem(
-                problems,
-                model_var,
-                format!(
-                    "`{model}` is not a GLM model, and the Coding Plan endpoint rejects non-GLM names: use glm-5.1, glm-5-turbo, glm-5, glm-4.5 or glm-4.5-air"
-                ),
-            );
-        }
-    }
-    if problems.len() > before {
-        return None;
-    }
-    Some((model?.to_owned(), url?, key?))
-}
-
-fn normalise_base_url(mut url: Url) -> Url {
-    if !url.path().ends_with('/') {
-        let path = format!("{}/", url.path());
-        url.set_path(&path);
-    }
-    url
-}
-
-/// `API_LLM_CUSTOM_JSON`: a JSON object, with the product's `{"openaiCompatible": {...}}`
-/// wrapper taken off.
-fn parse_custom_json(problems: &mut Vec<Problem>, value: Option<&str>) -> Map<String, Value> {
-    let Some(text) = non_empty(value) else {
-        return Map::new();
-    };
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(mut object)) => {
-            // Only a lone wrapper is unwrapped; a key of that name among others is the operator's.
-            if object.len() == 1
-                && let Some(Value::Object(inner)) = object.get_mut("openaiCompatible")
-            {
-                return std::mem::take(inner);
-            }
-            object
-        }
-        Ok(other) => {
-            let kind = match other {
-                Value::Array(_) => "an array",
-                Value::String(_) => "a string",
-                Value::Number(_) => "a number",
-                Value::Bool(_) => "a boolean",
-                _ => "null",
-            };
-            problem(
-                problems,
-                "API_LLM_CUSTOM_JSON",
-                format!(
-                    "is {kind}, not a JSON object: use e.g. {{\"thinking\":{{\"type\":\"enabled\",\"budget_tokens\":20000}}}}"
-                ),
-            );
-            Map::new()
-        }
-        Err(error) => {
-            problem(
-                problems,
-                "API_LLM_CUSTOM_JSON",
-                format!("is not valid JSON ({error}): use e.g. {{\"thinking\":{{\"type\":\"disabled\"}}}}"),
-            );
-            Map::new()
-        }
-    }
-}
-
-fn parse_topology(problems: &mut Vec<Problem>, raw: &Raw) -> Topology {
+fn parse_topology(found: &mut Found, raw: &Raw) -> Topology {
     let namespace = non_empty(raw.api_rabbitmq_namespace.as_deref()).unwrap_or("review");
     let mut topology = Topology::with_namespace(namespace);
     let overrides: [(&'static str, &Option<String>, &mut String); 5] = [
@@ -857,14 +887,254 @@ fn parse_topology(problems: &mut Vec<Problem>, raw: &Raw) -> Topology {
             *slot = name.to_owned();
         }
         if slot.len() > 200 || slot.starts_with("amq.") {
-            problem(
-                problems,
+            found.note(
                 variable,
                 format!("`{slot}` is not a usable name: at most 200 bytes, not starting with amq."),
             );
         }
     }
     topology
+}
+
+// Limits: assembled from the provider sections and the replica's own concurrency.
+
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    pub plan: Plan,
+    /// Requests in flight allowed for the whole deployment.
+    pub max_concurrent_requests: u32,
+    /// Requests in flight allowed on the fallback provider.
+    pub fallback_max_concurrent_requests: u32,
+    /// Reviews this replica runs at once (its prefetch).
+    pub worker_concurrency: u32,
+}
+
+// Reviews: `API_REVIEW_*`.
+
+#[derive(Debug, Clone)]
+pub struct ReviewSettings {
+    pub max_job_bytes: usize,
+    pub max_attempts: u32,
+    pub max_job_age: Duration,
+}
+
+const DEFAULT_MAX_JOB_BYTES: usize = 16 * 1024 * 1024;
+const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+const DEFAULT_MAX_JOB_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl ReviewSettings {
+    fn parse(raw: &Raw) -> Result<Self, Vec<Problem>> {
+        let mut found = Found::default();
+        let section = Self {
+            max_job_bytes: found.or(
+                number(
+                    "API_REVIEW_MAX_JOB_BYTES",
+                    raw.api_review_max_job_bytes.as_deref(),
+                    1_024..=128 * 1024 * 1024,
+                ),
+                DEFAULT_MAX_JOB_BYTES,
+            ),
+            max_attempts: found.or(
+                number(
+                    "API_REVIEW_MAX_ATTEMPTS",
+                    raw.api_review_max_attempts.as_deref(),
+                    1..=100,
+                ),
+                DEFAULT_MAX_ATTEMPTS,
+            ),
+            max_job_age: found.or(
+                duration("API_REVIEW_MAX_JOB_AGE", raw.api_review_max_job_age.as_deref()),
+                DEFAULT_MAX_JOB_AGE,
+            ),
+        };
+        found.into_section(section)
+    }
+}
+
+// This replica's operation: `API_WORKER_*`, `WORKER_HEALTH_PORT`.
+
+/// How this replica runs: reviews at once, the health port, the drain on shutdown.
+#[derive(Debug)]
+struct OpsSection {
+    /// `None`: follows the deployment's cap (see [`default_worker_concurrency`]).
+    worker_concurrency: Option<u32>,
+    health_port: u16,
+    drain_timeout: Duration,
+}
+
+const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 60_000;
+const DEFAULT_HEALTH_PORT: u16 = 3334;
+
+impl OpsSection {
+    fn parse(raw: &Raw) -> Result<Self, Vec<Problem>> {
+        let mut found = Found::default();
+        let section = Self {
+            worker_concurrency: found.or(
+                number(
+                    "API_WORKER_CONCURRENCY",
+                    raw.api_worker_concurrency.as_deref(),
+                    1..=1_000,
+                )
+                .map(|n| n.map(Some)),
+                None,
+            ),
+            health_port: found.or(
+                number("WORKER_HEALTH_PORT", raw.worker_health_port.as_deref(), 0..=65_535),
+                DEFAULT_HEALTH_PORT,
+            ),
+            drain_timeout: Duration::from_millis(found.or(
+                number(
+                    "API_WORKER_DRAIN_TIMEOUT_MS",
+                    raw.api_worker_drain_timeout_ms.as_deref(),
+                    0..=3_600_000,
+                ),
+                DEFAULT_DRAIN_TIMEOUT_MS,
+            )),
+        };
+        found.into_section(section)
+    }
+}
+
+/// The cap plus a quarter (at least one): jobs held beyond the cap wait locally for a free call,
+/// so the next review starts the moment one ends instead of after a broker round trip (a result
+/// confirm, an ack and a delivery), which at cap 1 costs about 3% of the plan.
+fn default_worker_concurrency(cap: u32) -> u32 {
+    cap.saturating_add((cap / 4).max(1))
+}
+
+// Logs: `API_LOG_*`.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+}
+
+impl FromStr for LogFormat {
+    type Err = InvalidValue;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err(InvalidValue::new(text, "a log format", "text or json")),
+        }
+    }
+}
+
+/// Dependencies that log every frame or request at `info` and below: held at `warn` unless the
+/// level names targets itself.
+const CHATTY_DEPENDENCIES: [&str; 5] = ["lapin", "amq_protocol", "hyper", "reqwest", "h2"];
+
+/// `API_LOG_LEVEL`, checked at start: a level (`trace`, `debug`, `info`, `warn`, `error`, `off`),
+/// or `tracing` filter directives (`info,review_worker=debug`). A level alone also holds
+/// [`CHATTY_DEPENDENCIES`] at `warn`; directives with a `=` are taken as written.
+///
+/// Stricter than `tracing`'s own syntax in one way: a bare word must be a level. `tracing` would
+/// take `inof` for a target and log nothing else; here it is a typo, refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLevel {
+    directives: Vec<Directive>,
+}
+
+impl LogLevel {
+    fn with_chatty_dependencies_quiet(mut directives: Vec<Directive>) -> Self {
+        directives.extend(
+            CHATTY_DEPENDENCIES
+                .iter()
+                .filter_map(|target| format!("{target}=warn").parse::<Directive>().ok()),
+        );
+        Self { directives }
+    }
+
+    /// The filter for the subscriber. Building it cannot fail: the directives were checked at
+    /// start.
+    pub fn filter(&self) -> EnvFilter {
+        self.directives
+            .iter()
+            .cloned()
+            .fold(EnvFilter::default(), EnvFilter::add_directive)
+    }
+}
+
+impl Default for LogLevel {
+    /// `info`.
+    fn default() -> Self {
+        Self::with_chatty_dependencies_quiet(vec![Directive::from(LevelFilter::INFO)])
+    }
+}
+
+impl FromStr for LogLevel {
+    type Err = InvalidValue;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        const WHAT: &str = "a log level";
+        const EXPECTED: &str = "trace, debug, info, warn, error or off, or target=level directives such as \
+             info,review_worker=debug";
+        let mut directives = Vec::new();
+        // Empty entries are skipped, as `tracing` does: `info,` is `info`.
+        for entry in text.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+            let directive = if entry.contains(['=', '[']) {
+                entry.parse::<Directive>().ok()
+            } else {
+                entry.parse::<LevelFilter>().ok().map(Directive::from)
+            };
+            directives.push(directive.ok_or_else(|| InvalidValue::new(entry, WHAT, EXPECTED))?);
+        }
+        if directives.is_empty() {
+            return Err(InvalidValue::new(text, WHAT, EXPECTED));
+        }
+        Ok(if text.contains('=') {
+            Self { directives }
+        } else {
+            Self::with_chatty_dependencies_quiet(directives)
+        })
+    }
+}
+
+/// The directives, comma-separated: what [`LogLevel::from_str`] reads back to the same level.
+impl std::fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (at, directive) in self.directives.iter().enumerate() {
+            if at > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{directive}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub level: LogLevel,
+    pub format: LogFormat,
+}
+
+impl LogSettings {
+    fn parse(raw: &Raw) -> Result<Self, Vec<Problem>> {
+        let mut found = Found::default();
+        let section = Self {
+            level: found.or_else(
+                setting("API_LOG_LEVEL", raw.api_log_level.as_deref()),
+                LogLevel::default,
+            ),
+            format: found.or(
+                setting("API_LOG_FORMAT", raw.api_log_format.as_deref()),
+                LogFormat::Text,
+            ),
+        };
+        found.into_section(section)
+    }
 }
 
 #[cfg(test)]
@@ -1076,6 +1346,218 @@ mod tests {
         assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
         assert_eq!(parse_duration("1w"), None);
+    }
+
+    /// The raw layer of `vars`, as the environment would give it.
+    fn raw(vars: &[(&'static str, &'static str)]) -> Raw {
+        Raw::from_vars(vars.iter().copied()).unwrap()
+    }
+
+    fn variables(problems: &[Problem]) -> Vec<&'static str> {
+        problems.iter().map(|p| p.variable).collect()
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn the_main_section_refuses_an_unknown_plan_thinking_and_a_cap_above_the_plans_naming_each() {
+        let mut vars = CODING.to_vec();
+        vars.extend([
+            ("API_LLM_PLAN", "ultra"),
+            ("API_LLM_THINKING", "high"),
+            ("API_LLM_MAX_CONCURRENT_REQUESTS", "31"),
+        ]);
+        let found = MainSection::parse(&raw(&vars), TIMEOUT).unwrap_err();
+        assert_eq!(
+            variables(&found),
+            ["API_LLM_THINKING", "API_LLM_PLAN", "API_LLM_MAX_CONCURRENT_REQUESTS"]
+        );
+        assert!(found[0].message.contains("use medium or disabled"), "{found:?}");
+        assert!(found[1].message.contains("`ultra` is not a plan"), "{found:?}");
+        assert!(found[2].message.contains("use 1 to 30"), "{found:?}");
+    }
+
+    #[test]
+    fn the_main_section_names_each_missing_variable_of_a_half_set_triple() {
+        let found = MainSection::parse(&raw(&[("API_LLM_PROVIDER_MODEL", "glm-5.1")]), TIMEOUT).unwrap_err();
+        assert_eq!(variables(&found), ["API_OPEN_AI_API_KEY", "API_OPENAI_FORCE_BASE_URL"]);
+        assert!(found[1].message.contains(CODING_PLAN_BASE_URL), "{found:?}");
+    }
+
+    #[test]
+    fn the_main_section_advises_the_models_z_ai_lists() {
+        let found = MainSection::parse(
+            &raw(&[("API_LLM_PROVIDER_MODEL", "gpt-4o"), CODING[1], CODING[2]]),
+            TIMEOUT,
+        )
+        .unwrap_err();
+        assert!(found[0].message.ends_with(&models::listed_in_words()), "{found:?}");
+    }
+
+    #[test]
+    fn the_fallback_is_checked_by_the_same_rules_as_the_main_provider_under_its_own_names() {
+        let found = FallbackSection::parse(
+            &raw(&[
+                ("API_LLM_FALLBACK_PROVIDER_MODEL", "glm-4.5"),
+                ("API_LLM_FALLBACK_BASE_URL", "https://api.z.ai/api/paas/v1"),
+                ("API_LLM_FALLBACK_API_KEY", "sk-fallback"),
+                ("API_LLM_FALLBACK_MAX_CONCURRENT_REQUESTS", "0"),
+            ]),
+            TIMEOUT,
+        )
+        .unwrap_err();
+        assert_eq!(
+            variables(&found),
+            ["API_LLM_FALLBACK_BASE_URL", "API_LLM_FALLBACK_MAX_CONCURRENT_REQUESTS"]
+        );
+        assert!(found[0].message.contains("no /v1 segment"), "{found:?}");
+    }
+
+    #[test]
+    fn a_fallback_sends_no_thinking_and_a_coding_plan_fallback_defaults_to_one_call() {
+        let fallback = FallbackSection::parse(
+            &raw(&[
+                ("API_LLM_FALLBACK_PROVIDER_MODEL", "glm-4.5-air"),
+                ("API_LLM_FALLBACK_BASE_URL", CODING_PLAN_BASE_URL),
+                ("API_LLM_FALLBACK_API_KEY", "sk-fallback\n"),
+            ]),
+            TIMEOUT,
+        )
+        .unwrap();
+        let provider = fallback.provider.unwrap();
+        assert_eq!(provider.thinking, Thinking::ProviderDefault);
+        assert_eq!(provider.timeout, TIMEOUT);
+        assert_eq!(fallback.max_concurrent_requests, 1);
+        let none = FallbackSection::parse(&raw(&[]), TIMEOUT).unwrap();
+        assert!(none.provider.is_none());
+        assert_eq!(none.max_concurrent_requests, DEVELOPER_DEFAULT_CAP);
+    }
+
+    #[test]
+    fn the_broker_section_refuses_reserved_queue_names_and_non_amqp_uris() {
+        let found = BrokerSettings::parse(&raw(&[
+            ("API_RABBITMQ_JOBS_QUEUE", "amq.jobs"),
+            ("API_RABBITMQ_URI", "http://rabbit:5672/"),
+        ]))
+        .unwrap_err();
+        assert_eq!(variables(&found), ["API_RABBITMQ_JOBS_QUEUE", "API_RABBITMQ_URI"]);
+        assert!(found[0].message.contains("not starting with amq."), "{found:?}");
+    }
+
+    #[test]
+    fn the_review_section_refuses_an_unknown_duration_unit_zero_attempts_and_tiny_jobs() {
+        let found = ReviewSettings::parse(&raw(&[
+            ("API_REVIEW_MAX_JOB_AGE", "2w"),
+            ("API_REVIEW_MAX_ATTEMPTS", "0"),
+            ("API_REVIEW_MAX_JOB_BYTES", "12"),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            variables(&found),
+            [
+                "API_REVIEW_MAX_JOB_BYTES",
+                "API_REVIEW_MAX_ATTEMPTS",
+                "API_REVIEW_MAX_JOB_AGE"
+            ]
+        );
+        assert!(found[2].message.contains("is not a duration"), "{found:?}");
+        let review = ReviewSettings::parse(&raw(&[("API_REVIEW_MAX_JOB_AGE", "36h")])).unwrap();
+        assert_eq!(review.max_job_age, Duration::from_secs(36 * 3_600));
+    }
+
+    #[test]
+    fn the_ops_section_refuses_a_port_above_65535_and_a_concurrency_that_is_not_a_number() {
+        let found = OpsSection::parse(&raw(&[
+            ("WORKER_HEALTH_PORT", "70000"),
+            ("API_WORKER_CONCURRENCY", "many"),
+            ("API_WORKER_DRAIN_TIMEOUT_MS", "-1"),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            variables(&found),
+            [
+                "API_WORKER_CONCURRENCY",
+                "WORKER_HEALTH_PORT",
+                "API_WORKER_DRAIN_TIMEOUT_MS"
+            ]
+        );
+        assert!(found[1].message.contains("use 0 to 65535"), "{found:?}");
+        let ops = OpsSection::parse(&raw(&[])).unwrap();
+        assert_eq!((ops.worker_concurrency, ops.health_port), (None, DEFAULT_HEALTH_PORT));
+    }
+
+    #[test]
+    fn the_log_section_refuses_a_typoed_level_naming_api_log_level() {
+        for typo in ["inof", "debug,lapin=loud", "info!", "verbose"] {
+            let found = LogSettings::parse(&raw(&[("API_LOG_LEVEL", typo), ("API_LOG_FORMAT", "yaml")])).unwrap_err();
+            assert_eq!(variables(&found), ["API_LOG_LEVEL", "API_LOG_FORMAT"], "{typo}");
+            assert!(found[0].message.contains("is not a log level"), "{typo}: {found:?}");
+        }
+        // And it stops the start like any other setting.
+        let found = problems(with(&[("API_LOG_LEVEL", "inof")]));
+        assert_eq!(variables(&found), ["API_LOG_LEVEL"]);
+        assert!(
+            found[0]
+                .to_string()
+                .starts_with("API_LOG_LEVEL: `inof` is not a log level"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_bare_level_holds_chatty_dependencies_at_warn_and_directives_are_taken_as_written() {
+        let level: LogLevel = "DEBUG".parse().unwrap();
+        assert_eq!(
+            level.to_string(),
+            "debug,lapin=warn,amq_protocol=warn,hyper=warn,reqwest=warn,h2=warn"
+        );
+        assert_eq!(
+            LogLevel::default().to_string(),
+            level.to_string().replace("debug,", "info,")
+        );
+        let written: LogLevel = "info,review_worker=trace".parse().unwrap();
+        assert_eq!(written.to_string(), "info,review_worker=trace");
+        assert_eq!(with(&[]).unwrap().log.level, LogLevel::default());
+        // The filter has what was checked: nothing is lost on the way to the subscriber.
+        assert!(written.filter().to_string().contains("review_worker=trace"));
+    }
+
+    #[test]
+    fn plans_log_formats_and_log_levels_read_back_what_they_print() {
+        for plan in [Plan::Lite, Plan::Pro, Plan::Max, Plan::Developer] {
+            assert_eq!(plan.as_str().parse::<Plan>(), Ok(plan));
+            assert_eq!(plan.as_str().to_ascii_uppercase().parse::<Plan>(), Ok(plan));
+        }
+        for format in [LogFormat::Text, LogFormat::Json] {
+            assert_eq!(format.as_str().parse::<LogFormat>(), Ok(format));
+        }
+        for text in ["trace", "off", "warn,review_worker=debug", "info,[job{id}]=debug"] {
+            let level: LogLevel = text.parse().unwrap();
+            assert_eq!(level.to_string().parse::<LogLevel>(), Ok(level), "{text}");
+        }
+    }
+
+    #[test]
+    fn thinking_and_plan_take_their_documented_spellings_and_refuse_others() {
+        for (text, thinking) in [
+            ("medium", Thinking::Enabled),
+            (" Enabled ", Thinking::Enabled),
+            ("disabled", Thinking::Disabled),
+            ("OFF", Thinking::Disabled),
+        ] {
+            assert_eq!(text.parse::<Thinking>(), Ok(thinking), "{text}");
+        }
+        for alias in ["pay-per-token", "payg"] {
+            assert_eq!(alias.parse::<Plan>(), Ok(Plan::Developer));
+        }
+        let refused = "high".parse::<Thinking>().unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "`high` is not a thinking setting: use medium or disabled"
+        );
+        assert!("provider-default".parse::<Thinking>().is_err());
+        assert!("enterprise".parse::<Plan>().is_err());
+        assert!("xml".parse::<LogFormat>().is_err());
     }
 
     #[test]

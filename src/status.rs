@@ -6,20 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::executor::Completed;
+use review_core::models::price_per_million;
 
-/// Pay-per-token prices (USD per million input / output tokens) from the product document's
-/// table, used to show what the Coding Plan saved. Unknown models count as glm-5.1.
-pub(crate) fn price_per_million(model: &str) -> (f64, f64) {
-    let model = model.to_ascii_lowercase();
-    if model.starts_with("glm-4.5") {
-        (0.60, 2.20)
-    } else if model == "glm-5" {
-        (0.72, 2.30)
-    } else {
-        (0.95, 3.15)
-    }
-}
+use crate::executor::Completed;
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct WorkerStatus {

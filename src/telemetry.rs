@@ -1,7 +1,7 @@
 //! Logging: human-readable lines by default, JSON with `API_LOG_FORMAT=json`, level from
-//! `API_LOG_LEVEL`. Chatty dependencies are held at `warn` unless the level names them.
+//! `API_LOG_LEVEL` (checked with the other settings at start, see
+//! [`LogLevel`](crate::settings::LogLevel): nothing here can fail on it).
 
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::writer::MakeWriterExt as _;
 
 use crate::settings::{LogFormat, LogSettings};
@@ -9,17 +9,8 @@ use crate::settings::{LogFormat, LogSettings};
 /// Installs the global subscriber; logs go to stderr so that commands can print JSON on stdout.
 /// Safe to call twice (tests): the second call does nothing.
 pub fn init(settings: &LogSettings) {
-    let directives = if settings.level.contains('=') {
-        settings.level.clone()
-    } else {
-        format!(
-            "{},lapin=warn,amq_protocol=warn,hyper=warn,reqwest=warn,h2=warn",
-            settings.level
-        )
-    };
-    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(settings.level.filter())
         .with_writer(std::io::stderr.with_max_level(tracing::Level::TRACE))
         .with_target(false)
         // Colour codes only for a person at a terminal, never in `docker logs | grep`.

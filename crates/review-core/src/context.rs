@@ -1,59 +1,12 @@
-//! Fitting a PR into the model's context window: how large each model's window is, how many
-//! tokens a text costs, which files are not worth reviewing, and which files (and hunks) go into
-//! the prompt when not everything fits.
+//! Fitting a PR into the model's context window: how many tokens a text costs, which files are
+//! not worth reviewing, and which files (and hunks) go into the prompt when not everything fits.
+//! How large each model's window is lives in [`crate::models`].
 
 use std::cmp::Reverse;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::diff::{FileDiff, FileStatus, TextSize, header_size, hunk_size, rendered_size};
-
-/// The context window of `model`, in tokens (prompt and answer together).
-///
-/// | model | tokens |
-/// |---|---|
-/// | `glm-5.1` | 200 000 |
-/// | `glm-5-turbo` | 200 000 |
-/// | `glm-5` | 131 072 |
-/// | `glm-4.7`, `glm-4.6` | 200 000 |
-/// | `glm-4.6v` | 128 000 |
-/// | `glm-4.5`, `glm-4.5-air` | 131 072 |
-/// | `glm-4.5v` | 65 536 |
-/// | anything else | 128 000 |
-///
-/// Names match case-insensitively and by prefix (`GLM-4.5-Air`, `glm-4.5-airx`), after dropping
-/// a router's `vendor/` prefix (`z-ai/glm-4.6`). Longer names are tried first, so `glm-5.1` is
-/// not taken for `glm-5`.
-///
-/// For `glm-5` the product documentation says about 131k while Z.AI's model page says about 200k.
-/// Over-estimating costs a job (the provider rejects the request as too long:
-/// `provider_rejected`), under-estimating only leaves a few more files out, so the lower figure
-/// wins.
-pub fn context_window(model: &str) -> u32 {
-    // Longest prefixes first: several names are prefixes of others.
-    const WINDOWS: &[(&str, u32)] = &[
-        ("glm-5-turbo", 200_000),
-        ("glm-5.1", 200_000),
-        ("glm-5", 131_072),
-        ("glm-4.7", 200_000),
-        // The vision variants have smaller windows than the text models they are named after.
-        ("glm-4.6v", 128_000),
-        ("glm-4.6", 200_000),
-        ("glm-4.5v", 65_536),
-        ("glm-4.5-air", 131_072),
-        ("glm-4.5", 131_072),
-    ];
-    // An unknown model is most likely a fallback provider's; 128k is what current chat models
-    // commonly offer, and a model with less will reject the request rather than misread it.
-    const UNKNOWN: u32 = 128_000;
-
-    let name = model.trim().to_ascii_lowercase();
-    let name = name.rsplit('/').next().unwrap_or(&name);
-    WINDOWS
-        .iter()
-        .find(|(prefix, _)| name.starts_with(prefix))
-        .map_or(UNKNOWN, |&(_, tokens)| tokens)
-}
 
 /// A deliberately high estimate of how many tokens `text` costs: a third of its ASCII characters
 /// (rounded up) plus one per other character.
@@ -67,7 +20,7 @@ pub fn estimate_tokens(text: &str) -> usize {
 
 /// [`estimate_tokens`] of a text known only by its size.
 pub(crate) fn tokens(size: TextSize) -> usize {
-    size.ascii.div_ceil(3) + size.other
+    size.ascii.div_ceil(3).saturating_add(size.other)
 }
 
 /// Why a file stays out of the prompt.
@@ -283,7 +236,8 @@ pub fn fit<'a>(files: Vec<FileDiff<'a>>, ignore: &GlobSet, budget_tokens: usize)
         let left = budget_tokens.saturating_sub(fitted.estimated_tokens);
         let whole = tokens(rendered_size(&file));
         if whole <= left {
-            fitted.estimated_tokens += whole;
+            // At most the budget: `whole` fits in what is left of it.
+            fitted.estimated_tokens = fitted.estimated_tokens.saturating_add(whole);
             fitted.files.push(file);
             continue;
         }
@@ -294,7 +248,7 @@ pub fn fit<'a>(files: Vec<FileDiff<'a>>, ignore: &GlobSet, budget_tokens: usize)
             continue;
         }
         file.hunks.truncate(kept);
-        fitted.estimated_tokens += cost;
+        fitted.estimated_tokens = fitted.estimated_tokens.saturating_add(cost);
         fitted.files.push(file);
     }
     fitted
@@ -304,14 +258,14 @@ pub fn fit<'a>(files: Vec<FileDiff<'a>>, ignore: &GlobSet, budget_tokens: usize)
 /// what the file cut to them costs.
 fn leading_hunks_that_fit(file: &FileDiff<'_>, budget: usize) -> (usize, usize) {
     let mut size = header_size(file);
-    let mut kept = 0;
+    let mut kept = 0_usize;
     for hunk in &file.hunks {
         let next = size.add(hunk_size(hunk));
         if tokens(next) > budget {
             break;
         }
         size = next;
-        kept += 1;
+        kept = kept.saturating_add(1);
     }
     (kept, tokens(size))
 }
@@ -482,32 +436,6 @@ mod tests {
 
     fn paths<'a>(files: &'a [FileDiff<'_>]) -> Vec<&'a str> {
         files.iter().map(|f| f.path.as_ref()).collect()
-    }
-
-    #[test]
-    fn known_models_have_their_windows() {
-        assert_eq!(context_window("glm-5.1"), 200_000);
-        assert_eq!(context_window("glm-5-turbo"), 200_000);
-        assert_eq!(context_window("glm-5"), 131_072);
-        assert_eq!(context_window("glm-4.5"), 131_072);
-        assert_eq!(context_window("glm-4.5-air"), 131_072);
-        assert_eq!(context_window("glm-4.6"), 200_000);
-        assert_eq!(context_window("glm-4.7"), 200_000);
-        assert_eq!(context_window("glm-4.5v"), 65_536);
-    }
-
-    #[test]
-    fn model_names_match_by_prefix_and_case_insensitively() {
-        assert_eq!(context_window("GLM-4.5-Air"), 131_072);
-        assert_eq!(context_window(" GLM-5.1 "), 200_000);
-        assert_eq!(context_window("glm-4.7-flash"), 200_000);
-        assert_eq!(context_window("z-ai/glm-4.6"), 200_000);
-    }
-
-    #[test]
-    fn unknown_models_get_a_modest_default() {
-        assert_eq!(context_window("gpt-4o"), 128_000);
-        assert_eq!(context_window(""), 128_000);
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //!   checks the schema's rules in code, in bounded memory.
 //! - [`diff`]: unified diffs into files, hunks and new-file line numbers; the prompt's diff
 //!   rendering, and its reading back (`diff::rendered`).
+//! - [`models`]: every model fact in one table: context window, pay-per-token price, which ids
+//!   Z.AI lists (advice and the simulator's default list).
 //! - [`context`]: what fits the model's context window; skipped files; ranking.
 //! - [`prompt`]: the review request.
 //! - [`chat`]: what one chat call sends and gets back (`Message`, `ChatAnswer`).
@@ -22,4 +24,5 @@ pub mod classify;
 pub mod context;
 pub mod contract;
 pub mod diff;
+pub mod models;
 pub mod prompt;

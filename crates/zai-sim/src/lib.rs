@@ -46,7 +46,7 @@ pub const DEVELOPER_BASE: &str = "/api/paas/v4";
 const DEFAULT_LISTEN: &str = "127.0.0.1:4010";
 const DEFAULT_CODING_KEY: &str = "sim-coding-key";
 const DEFAULT_DEVELOPER_KEY: &str = "sim-developer-key";
-const DEFAULT_MODELS: &str = "glm-5.1,glm-5-turbo,glm-5,glm-4.5,glm-4.5-air";
+const DEFAULT_MODELS: &str = review_core::models::LISTED_IDS;
 const FIVE_HOURS: u64 = 5 * 3_600;
 const ONE_WEEK: u64 = 7 * 86_400;
 
