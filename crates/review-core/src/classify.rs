@@ -379,6 +379,15 @@ pub(crate) fn parse_reset_time(message: &str, now: DateTime<Utc>) -> Option<Date
 mod tests {
     use super::*;
 
+    /// The advice is a constant (it goes into error texts as is), so the model list it spells out
+    /// is pinned to the models table here rather than built at run time.
+    #[test]
+    fn the_unknown_model_advice_lists_exactly_the_models_the_table_lists() {
+        let advice = AccountProblem::UnknownModel.advice();
+        let listed = crate::models::LISTED_IDS.split(',').collect::<Vec<_>>().join(", ");
+        assert!(advice.contains(&format!("({listed})")), "{advice} vs {listed}");
+    }
+
     fn body(code: &str, message: &str) -> String {
         serde_json::json!({"error": {"code": code, "message": message}}).to_string()
     }
