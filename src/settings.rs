@@ -21,16 +21,16 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::{Directive, LevelFilter};
 
 /// The Coding Plan's dedicated endpoint: Coding Plan keys work only here.
-pub const CODING_PLAN_BASE_URL: &str = "https://api.z.ai/api/coding/paas/v4";
+pub(crate) const CODING_PLAN_BASE_URL: &str = "https://api.z.ai/api/coding/paas/v4";
 /// The pay-per-token endpoint: developer keys work only here.
-pub const DEVELOPER_BASE_URL: &str = "https://api.z.ai/api/paas/v4/";
+pub(crate) const DEVELOPER_BASE_URL: &str = "https://api.z.ai/api/paas/v4/";
 
 /// Deployment-wide cap on a developer (pay-per-token) key when none is set. The product document
 /// says "start empty (no cap)"; a worker still needs a bound, and 8 keeps a burst of PRs from
 /// meeting 1302s while leaving room to raise it.
-pub const DEVELOPER_DEFAULT_CAP: u32 = 8;
+pub(crate) const DEVELOPER_DEFAULT_CAP: u32 = 8;
 /// Max allows "up to 30 concurrent"; anything above is refused at start.
-pub const MAX_PLAN_CAP: u32 = 30;
+pub(crate) const MAX_PLAN_CAP: u32 = 30;
 
 /// The raw layer: every variable as text, as the environment or a file gives it.
 #[derive(Debug, Default, Deserialize)]
@@ -385,7 +385,7 @@ impl Plan {
 
     /// Lite and Pro allow about one request in flight; Max up to 30 but the product document
     /// says to start at 5.
-    pub fn default_cap(self) -> u32 {
+    pub(crate) fn default_cap(self) -> u32 {
         match self {
             Self::Lite | Self::Pro => 1,
             Self::Max => 5,
@@ -448,17 +448,17 @@ pub struct ProviderSettings {
 
 impl ProviderSettings {
     /// A short name for logs and results: `z.ai` for Z.AI's hosts, else the host.
-    pub fn provider_name(&self) -> String {
+    pub(crate) fn provider_name(&self) -> String {
         provider_name(&self.base_url)
     }
 
-    pub fn is_coding_plan(&self) -> bool {
+    pub(crate) fn is_coding_plan(&self) -> bool {
         self.base_url.path().contains("/coding/")
     }
 
     /// The base URL as an operator wrote it, without credentials (keys never go in URLs, but a
     /// proxy's user info might).
-    pub fn display_base_url(&self) -> String {
+    pub(crate) fn display_base_url(&self) -> String {
         let mut url = self.base_url.clone();
         let _ = url.set_password(None);
         let _ = url.set_username("");
@@ -466,7 +466,7 @@ impl ProviderSettings {
     }
 }
 
-pub fn provider_name(url: &Url) -> String {
+pub(crate) fn provider_name(url: &Url) -> String {
     match url.host_str() {
         Some(host) if host == "z.ai" || host.ends_with(".z.ai") => "z.ai".to_owned(),
         Some(host) if host.ends_with("bigmodel.cn") => "bigmodel.cn".to_owned(),
@@ -766,7 +766,7 @@ pub struct BrokerSettings {
 
 impl BrokerSettings {
     /// The URIs with their passwords masked, for logs and errors.
-    pub fn display_uri(&self) -> String {
+    pub(crate) fn display_uri(&self) -> String {
         self.uris
             .iter()
             .map(|uri| redact_uri(uri.expose_secret()))
