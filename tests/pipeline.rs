@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::{World, header_str, job, json_properties};
 use serde_json::json;
-use zai_sim::SimArgs;
+use zai_sim::{SimArgs, SimConfig};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -125,11 +125,11 @@ async fn reply_to_gets_the_same_result() {
 async fn transient_provider_errors_are_retried() {
     let mut world = World::new(
         "transient",
-        SimArgs {
+        SimArgs::from(SimConfig {
             fail_first: 2,
             fail_first_code: 500,
             ..Default::default()
-        },
+        }),
     )
     .await;
     let worker = world.spawn_worker();
@@ -146,10 +146,10 @@ async fn transient_provider_errors_are_retried() {
 async fn an_unreadable_answer_is_repaired_once() {
     let mut world = World::new(
         "repair",
-        SimArgs {
+        SimArgs::from(SimConfig {
             garbage_rate: 1.0,
             ..Default::default()
-        },
+        }),
     )
     .await;
     let worker = world.spawn_worker();
