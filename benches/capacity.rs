@@ -15,7 +15,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use zai_sim::{SimArgs, SimHandle};
+use zai_sim::{SimArgs, SimConfig, SimHandle};
 
 const LATENCY: Duration = Duration::from_millis(200);
 
@@ -26,11 +26,11 @@ struct Run {
 }
 
 async fn run(cap: usize, replicas: usize, jobs: usize) -> Run {
-    let sim = SimHandle::spawn(SimArgs {
+    let sim = SimHandle::spawn(SimArgs::from(SimConfig {
         latency_ms: LATENCY.as_millis() as u64,
         max_concurrency: cap as u64,
         ..Default::default()
-    })
+    }))
     .await
     .unwrap();
     let (namespace, broker) = common::world("capacity").await;

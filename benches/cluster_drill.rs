@@ -75,7 +75,7 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use zai_sim::{SimArgs, SimHandle};
+use zai_sim::{SimArgs, SimConfig, SimHandle};
 
 const LATENCY: Duration = Duration::from_millis(200);
 const CAP: u64 = 1;
@@ -969,11 +969,11 @@ async fn run(
             net_ticktime()
         );
     }
-    let sim = SimHandle::spawn(SimArgs {
+    let sim = SimHandle::spawn(SimArgs::from(SimConfig {
         latency_ms: LATENCY.as_millis() as u64,
         max_concurrency: CAP,
         ..Default::default()
-    })
+    }))
     .await?;
 
     // The contract's topology, declared from node J: the jobs queue's leader is there.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{PrivateNode, WorkerProcess, World, eventually_some, job};
 use lapin::options::QueueDeleteOptions;
 use serde_json::Value;
-use zai_sim::{SimArgs, SimHandle};
+use zai_sim::{SimArgs, SimConfig, SimHandle};
 
 const WAIT: Duration = Duration::from_secs(60);
 const JOBS: usize = 4;
@@ -71,11 +71,11 @@ async fn no_overlap_and_nothing_lost(world: &mut World, replicas: &[WorkerProces
 
 #[tokio::test]
 async fn deleting_the_leadership_queue_stops_the_leader_before_anyone_else_calls() {
-    let sim = SimArgs {
+    let sim = SimArgs::from(SimConfig {
         latency_ms: 4_000,
         max_concurrency: 1,
         ..Default::default()
-    };
+    });
     let mut world = World::new("deltoken", sim).await;
     let (replicas, _) = two_replicas_mid_review(&mut world).await;
 
@@ -94,11 +94,11 @@ async fn deleting_the_leadership_queue_stops_the_leader_before_anyone_else_calls
 #[tokio::test]
 async fn closing_the_leaders_connection_hands_over_without_two_calls_at_once() {
     let node = PrivateNode::start();
-    let sim = SimHandle::spawn(SimArgs {
+    let sim = SimHandle::spawn(SimArgs::from(SimConfig {
         latency_ms: 4_000,
         max_concurrency: 1,
         ..Default::default()
-    })
+    }))
     .await
     .unwrap();
     let mut world = World::on_broker("closeconn", sim, node.uri()).await;
@@ -147,12 +147,12 @@ fn first_time(log: &str, needle: &str) -> Option<chrono::DateTime<chrono::Utc>> 
 
 #[tokio::test]
 async fn replicas_restarted_during_a_quota_window_make_no_call_before_the_reset() {
-    let sim = SimArgs {
+    let sim = SimArgs::from(SimConfig {
         window_calls: 2,
         window_secs: 12,
         latency_ms: 50,
         ..Default::default()
-    };
+    });
     let mut world = World::new("restartpause", sim).await;
     let mut first = vec![world.spawn_process(&[]), world.spawn_process(&[])];
     world.wait_for_consumers(1, WAIT).await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{World, job};
 use serde_json::Value;
-use zai_sim::{Lang, SimArgs, SimHandle, SimKeys};
+use zai_sim::{Lang, SimArgs, SimConfig, SimHandle, SimKeys};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -26,11 +26,11 @@ fn all_completed(results: &[Value]) {
 async fn three_replicas_on_lite_never_have_two_calls_in_flight() {
     let mut world = World::new(
         "cap3",
-        SimArgs {
+        SimArgs::from(SimConfig {
             latency_ms: 150,
             max_concurrency: 1,
             ..Default::default()
-        },
+        }),
     )
     .await;
     let replicas: Vec<_> = (0..3).map(|_| world.spawn_process(&[])).collect();
@@ -51,12 +51,12 @@ async fn three_replicas_on_lite_never_have_two_calls_in_flight() {
 
 #[tokio::test]
 async fn a_five_hour_window_pauses_every_replica_and_loses_no_job() {
-    let sim = SimArgs {
+    let sim = SimArgs::from(SimConfig {
         window_calls: 3,
         window_secs: 3,
         latency_ms: 50,
         ..Default::default()
-    };
+    });
     let mut world = World::new("window", sim).await;
     let a = world.spawn_process(&[]);
     let b = world.spawn_process(&[]);
@@ -98,12 +98,12 @@ async fn a_five_hour_window_pauses_every_replica_and_loses_no_job() {
 
 #[tokio::test]
 async fn a_weekly_window_with_chinese_messages_is_waited_out() {
-    let sim = SimArgs {
+    let sim = SimArgs::from(SimConfig {
         weekly_calls: 2,
         weekly_secs: 3,
         lang: Lang::Zh,
         ..Default::default()
-    };
+    });
     let mut world = World::new("weekly", sim).await;
     let replica = world.spawn_process(&[]);
     world.wait_for_consumers(1, WAIT).await;
@@ -124,10 +124,10 @@ async fn a_weekly_window_with_chinese_messages_is_waited_out() {
 async fn killing_the_leader_mid_review_loses_no_job() {
     let mut world = World::new(
         "kill9",
-        SimArgs {
+        SimArgs::from(SimConfig {
             latency_ms: 700,
             ..Default::default()
-        },
+        }),
     )
     .await;
     let mut replicas: Vec<_> = (0..3).map(|_| world.spawn_process(&[])).collect();
@@ -155,10 +155,10 @@ async fn a_key_for_the_other_endpoint_stops_the_worker_at_start_and_consumes_not
         ("401", SimArgs::default()),
         (
             "1113",
-            SimArgs {
+            SimArgs::from(SimConfig {
                 mismatch_code: zai_sim::MismatchCode::InsufficientBalance,
                 ..Default::default()
-            },
+            }),
         ),
     ] {
         let world = World::new("startprobe", sim).await;
@@ -181,10 +181,10 @@ async fn a_key_for_the_other_endpoint_stops_the_worker_at_start_and_consumes_not
 async fn a_key_revoked_mid_run_pauses_and_resumes_without_failing_a_job() {
     let mut world = World::new(
         "revoke",
-        SimArgs {
+        SimArgs::from(SimConfig {
             latency_ms: 100,
             ..Default::default()
-        },
+        }),
     )
     .await;
     let worker = world.spawn_process(&[]);
@@ -227,11 +227,11 @@ async fn the_fallback_takes_over_during_a_window_and_hands_back_after_the_reset(
     let fallback = SimHandle::spawn(SimArgs::default()).await.unwrap();
     let mut world = World::new(
         "fallback",
-        SimArgs {
+        SimArgs::from(SimConfig {
             window_calls: 2,
             window_secs: 2,
             ..Default::default()
-        },
+        }),
     )
     .await;
     world.set("API_LLM_FALLBACK_PROVIDER_MODEL", "glm-4.5-air");

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{PrivateNode, World, eventually, free_port, job};
-use zai_sim::{SimArgs, SimHandle, SimKeys};
+use zai_sim::{SimArgs, SimConfig, SimHandle, SimKeys};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -64,10 +64,10 @@ async fn check_maps_401_404_1113_and_unknown_models_to_advice_and_fails() {
 
     let mismatch = World::new(
         "check-1113",
-        SimArgs {
+        SimArgs::from(SimConfig {
             mismatch_code: zai_sim::MismatchCode::InsufficientBalance,
             ..Default::default()
-        },
+        }),
     )
     .await;
     let (code, out) = check(&mismatch, &[("API_OPEN_AI_API_KEY", "sim-developer-key")]).await;
@@ -126,10 +126,10 @@ async fn readiness_shows_leader_and_standby_and_metrics_count_the_work() {
 async fn sigterm_lets_a_review_in_flight_finish_and_exits_zero() {
     let mut world = World::new(
         "drain",
-        SimArgs {
+        SimArgs::from(SimConfig {
             latency_ms: 1500,
             ..Default::default()
-        },
+        }),
     )
     .await;
     let mut worker = world.spawn_process(&[]);
@@ -148,10 +148,10 @@ async fn sigterm_lets_a_review_in_flight_finish_and_exits_zero() {
 async fn sigterm_past_the_drain_timeout_returns_the_job_to_the_queue() {
     let mut world = World::new(
         "drain-timeout",
-        SimArgs {
+        SimArgs::from(SimConfig {
             latency_ms: 10_000,
             ..Default::default()
-        },
+        }),
     )
     .await;
     let mut worker = world.spawn_process(&[("API_WORKER_DRAIN_TIMEOUT_MS", "300")]);
@@ -172,10 +172,7 @@ async fn sigterm_past_the_drain_timeout_returns_the_job_to_the_queue() {
     .await;
     assert!(world.no_more_results(Duration::from_millis(300)).await.is_empty());
     // Nothing is lost: the next worker reviews it.
-    world.sim.configure(zai_sim::SimConfig {
-        latency_ms: Some(0),
-        ..Default::default()
-    });
+    world.sim.configure(|c| c.latency_ms = 0);
     let _next = world.spawn_process(&[]);
     assert_eq!(world.results(1, WAIT).await[0]["job_id"], "drain-2");
 }
@@ -183,10 +180,10 @@ async fn sigterm_past_the_drain_timeout_returns_the_job_to_the_queue() {
 #[tokio::test]
 async fn the_worker_survives_a_broker_restart_and_reviews_each_job_exactly_once() {
     let node = PrivateNode::start();
-    let sim = SimHandle::spawn(SimArgs {
+    let sim = SimHandle::spawn(SimArgs::from(SimConfig {
         latency_ms: 300,
         ..Default::default()
-    })
+    }))
     .await
     .unwrap();
     let mut world = World::on_broker("restart", sim, node.uri()).await;
@@ -291,13 +288,13 @@ async fn the_api_key_never_appears_in_any_log_line_and_json_logs_are_json() {
 
 #[tokio::test]
 async fn a_grep_for_glm_shows_start_reviews_429s_pauses_resumes_and_connection_errors() {
-    let sim = SimArgs {
+    let sim = SimArgs::from(SimConfig {
         window_calls: 2,
         window_secs: 1,
         fail_first: 1,
         fail_first_code: 1302,
         ..Default::default()
-    };
+    });
     let mut world = World::new("grep", sim).await;
     let worker = world.spawn_process(&[]);
     world.wait_for_consumers(1, WAIT).await;

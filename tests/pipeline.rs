@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::{World, eventually, header_str, job, json_properties};
 use serde_json::json;
-use zai_sim::SimArgs;
+use zai_sim::{SimArgs, SimConfig};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -125,11 +125,11 @@ async fn reply_to_gets_the_same_result() {
 async fn transient_provider_errors_are_retried() {
     let mut world = World::new(
         "transient",
-        SimArgs {
+        SimArgs::from(SimConfig {
             fail_first: 2,
             fail_first_code: 500,
             ..Default::default()
-        },
+        }),
     )
     .await;
     let worker = world.spawn_worker();
@@ -146,10 +146,10 @@ async fn transient_provider_errors_are_retried() {
 async fn an_unreadable_answer_is_repaired_once() {
     let mut world = World::new(
         "repair",
-        SimArgs {
+        SimArgs::from(SimConfig {
             garbage_rate: 1.0,
             ..Default::default()
-        },
+        }),
     )
     .await;
     let worker = world.spawn_worker();
@@ -172,10 +172,10 @@ async fn an_unreadable_answer_is_repaired_once() {
 async fn a_job_is_never_acked_without_its_confirmed_result() {
     // The provider holds its answer for a second: time to take the results exchange away and
     // stop the worker while the review is surely in flight.
-    let sim = SimArgs {
+    let sim = SimArgs::from(zai_sim::SimConfig {
         latency_ms: 1_000,
         ..Default::default()
-    };
+    });
     let mut world = World::new("noack", sim).await;
     let worker = world.spawn_worker();
     world.wait_for_consumers(1, WAIT).await;
@@ -217,10 +217,7 @@ async fn a_job_is_never_acked_without_its_confirmed_result() {
     );
 
     // A fresh worker declares the exchange again, reviews the job once more and delivers it.
-    world.sim.configure(zai_sim::SimConfig {
-        latency_ms: Some(0),
-        ..Default::default()
-    });
+    world.sim.configure(|c| c.latency_ms = 0);
     let worker = world.spawn_worker();
     let result = world.results(1, WAIT).await.remove(0);
     assert_eq!(result["job_id"], "job-unpublishable");

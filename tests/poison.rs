@@ -10,7 +10,7 @@ use common::{World, header_str, job};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::Value;
-use zai_sim::SimArgs;
+use zai_sim::{SimArgs, SimConfig};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -63,11 +63,11 @@ async fn a_job_whose_task_panics_is_tried_once_more_then_dead_lettered_as_intern
 
 #[tokio::test]
 async fn producer_headers_can_neither_hop_a_job_past_its_age_nor_wrap_its_attempts() {
-    let sim = SimArgs {
+    let sim = SimArgs::from(SimConfig {
         fail_first: 5,
         fail_first_code: 500,
         ..Default::default()
-    };
+    });
     let mut world = World::new("headers", sim).await;
     world.set("API_REVIEW_MAX_JOB_AGE", "3");
     let worker = world.spawn_process(&[]);

@@ -64,14 +64,14 @@ async fn metrics(worker: &WorkerProcess) -> String {
 async fn a_reset_time_in_the_past_pauses_a_minute_instead_of_calling_into_the_window() {
     let mut world = World::new(
         "pastreset",
-        SimArgs {
+        SimArgs::from(SimConfig {
             fail_first: ALWAYS,
             fail_first_code: 1308,
             // Every 1308 says the window resets in a minute, an hour ago.
             window_secs: 60,
             reset_shift_secs: -3600,
-            ..SimArgs::default()
-        },
+            ..SimConfig::default()
+        }),
     )
     .await;
     let mut worker = world.spawn_process(&[]);
@@ -96,10 +96,7 @@ async fn a_reset_time_in_the_past_pauses_a_minute_instead_of_calling_into_the_wi
         .await;
     assert!(ready["pauses"][0]["paused_until"].is_string(), "{ready:#}");
 
-    world.sim.configure(SimConfig {
-        fail_first: Some(0),
-        ..SimConfig::default()
-    });
+    world.sim.configure(|c| c.fail_first = 0);
     world.publish_job(&job("past-after")).await;
     let results = world.results(4, Duration::from_secs(150)).await;
     completed(&results, &["past-0", "past-1", "past-2", "past-after"]);
@@ -114,11 +111,11 @@ async fn a_reset_time_in_the_past_pauses_a_minute_instead_of_calling_into_the_wi
 async fn a_fair_use_throttle_for_a_minute_draws_a_doubling_sequence_of_calls() {
     let mut world = World::new(
         "fairuse",
-        SimArgs {
+        SimArgs::from(SimConfig {
             fail_first: ALWAYS,
             fail_first_code: 1313,
-            ..SimArgs::default()
-        },
+            ..SimConfig::default()
+        }),
     )
     .await;
     let mut worker = world.spawn_process(&[]);
@@ -133,10 +130,7 @@ async fn a_fair_use_throttle_for_a_minute_draws_a_doubling_sequence_of_calls() {
     assert!((3..=6).contains(&calls), "{calls} calls in a minute of 1313");
     assert_alive(&mut worker);
 
-    world.sim.configure(SimConfig {
-        fail_first: Some(0),
-        ..SimConfig::default()
-    });
+    world.sim.configure(|c| c.fail_first = 0);
     world.publish_job(&job("fair-after")).await;
     // The last pause (40 s) ends about 75 s in.
     let results = world.results(2, Duration::from_secs(120)).await;
@@ -155,13 +149,13 @@ async fn a_fair_use_throttle_for_a_minute_draws_a_doubling_sequence_of_calls() {
 async fn a_megabyte_of_unbalanced_json_is_read_quickly_and_the_next_job_is_reviewed() {
     let mut world = World::new(
         "junk",
-        SimArgs {
+        SimArgs::from(SimConfig {
             // The answer and the repair's answer.
             junk_answers: 2,
             junk_shape: JunkShape::Unbalanced,
             junk_bytes: 1 << 20,
-            ..SimArgs::default()
-        },
+            ..SimConfig::default()
+        }),
     )
     .await;
     let mut worker = world.spawn_process(&[]);
@@ -207,11 +201,11 @@ async fn a_megabyte_of_unbalanced_json_is_read_quickly_and_the_next_job_is_revie
 async fn an_answer_over_the_body_limit_is_refused_and_retried_like_a_transient_failure() {
     let mut world = World::new(
         "oversize",
-        SimArgs {
+        SimArgs::from(SimConfig {
             junk_answers: 1,
             junk_bytes: 5 << 20,
-            ..SimArgs::default()
-        },
+            ..SimConfig::default()
+        }),
     )
     .await;
     let mut worker = world.spawn_process(&[]);
@@ -235,11 +229,11 @@ async fn an_answer_over_the_body_limit_is_refused_and_retried_like_a_transient_f
 async fn a_code_nobody_knows_is_counted_as_other() {
     let mut world = World::new(
         "othercode",
-        SimArgs {
+        SimArgs::from(SimConfig {
             fail_first: 1,
             fail_first_code: 1777,
-            ..SimArgs::default()
-        },
+            ..SimConfig::default()
+        }),
     )
     .await;
     let mut worker = world.spawn_process(&[]);

@@ -257,11 +257,11 @@ async fn a_fair_use_answer_to_a_call_made_before_the_pause_does_not_double_it() 
 
 #[tokio::test]
 async fn a_successful_probe_keeps_the_doubling_and_a_successful_call_starts_it_over() {
-    let sim = SimHandle::spawn(SimArgs {
+    let sim = SimHandle::spawn(SimArgs::from(SimConfig {
         fail_first: 1,
         fail_first_code: 1313,
-        ..SimArgs::default()
-    })
+        ..SimConfig::default()
+    }))
     .await
     .unwrap();
     let executor = Executor::new(lane_at(&format!("{}/", sim.coding_base_url()), 1), None);
@@ -280,20 +280,14 @@ async fn a_successful_probe_keeps_the_doubling_and_a_successful_call_starts_it_o
         .await
         .expect("the probe succeeds through a 1313");
     lane.pause.resume();
-    sim.configure(SimConfig {
-        fail_first: Some(1),
-        ..SimConfig::default()
-    });
+    sim.configure(|c| c.fail_first = 1);
     let before = Utc::now();
     executor.call(lane, &messages).await.unwrap_err();
     assert_eq!(pause_secs(lane, before).1, 10, "the probe did not start it over");
 
     lane.pause.resume();
     executor.call(lane, &messages).await.expect("the plan works again");
-    sim.configure(SimConfig {
-        fail_first: Some(1),
-        ..SimConfig::default()
-    });
+    sim.configure(|c| c.fail_first = 1);
     let before = Utc::now();
     executor.call(lane, &messages).await.unwrap_err();
     assert_eq!(pause_secs(lane, before).1, 5, "a successful call started it over");

@@ -57,7 +57,8 @@ pub fn anchor(raw: Vec<RawSuggestion>, files: &[FileDiff<'_>], options: &ReviewO
     let reanchored = kept.iter().filter(|placed| placed.moved).count();
     let suggestions: Vec<Suggestion> = kept.into_iter().map(|placed| placed.suggestion).collect();
     Anchored {
-        dropped: total - suggestions.len(),
+        // What is kept is a part of the total.
+        dropped: total.saturating_sub(suggestions.len()),
         reanchored,
         suggestions,
     }
@@ -218,8 +219,9 @@ fn place_lines(raw: &RawSuggestion, added: &AddedLines<'_>) -> Option<(u32, u32,
     let (low, high) = (to_line(start), to_line(end));
     if let Some(&first) = added.changed.range(low..=high).next() {
         let mut last = first;
-        while last < high && added.changed.contains(&(last + 1)) {
-            last += 1;
+        // `last < high` keeps the next line within u32.
+        while last < high && added.changed.contains(&last.saturating_add(1)) {
+            last = last.saturating_add(1);
         }
         return Some((first, last, false));
     }

@@ -164,12 +164,13 @@ impl ParseBudget {
 
     /// Takes `bytes` from what is left; takes nothing and says no when that is not enough.
     fn spend(&self, bytes: usize) -> bool {
-        let left = self.0.get();
-        let enough = bytes <= left;
-        if enough {
-            self.0.set(left - bytes);
+        match self.0.get().checked_sub(bytes) {
+            Some(left) => {
+                self.0.set(left);
+                true
+            }
+            None => false,
         }
-        enough
     }
 }
 
@@ -179,11 +180,10 @@ fn strip_thinking(text: &str) -> String {
     const CLOSE: &str = "</think>";
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(open) = rest.find(OPEN) {
-        out.push_str(&rest[..open]);
-        let inner = &rest[open + OPEN.len()..];
-        match inner.find(CLOSE) {
-            Some(close) => rest = &inner[close + CLOSE.len()..],
+    while let Some((before, inner)) = rest.split_once(OPEN) {
+        out.push_str(before);
+        match inner.split_once(CLOSE) {
+            Some((_, after)) => rest = after,
             None => {
                 // Never closed: the answer may be in there, and losing it is worse than reading
                 // a draft first.
@@ -194,10 +194,7 @@ fn strip_thinking(text: &str) -> String {
     }
     out.push_str(rest);
     // Chat templates may open the block in the prompt, so only its end shows in the answer.
-    match out.find(CLOSE) {
-        Some(close) => out[close + CLOSE.len()..].to_owned(),
-        None => out,
-    }
+    out.split_once(CLOSE).map(|(_, after)| after.to_owned()).unwrap_or(out)
 }
 
 /// The bodies of Markdown code fences, whatever their language tag; an unclosed fence runs to the
@@ -205,16 +202,12 @@ fn strip_thinking(text: &str) -> String {
 fn fenced_blocks(text: &str) -> impl Iterator<Item = &str> {
     let mut rest = text;
     std::iter::from_fn(move || {
-        let open = rest.find("```")?;
-        let after = &rest[open + 3..];
+        let (_, after) = rest.split_once("```")?;
         let tag_len = after
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '+'))
             .unwrap_or(after.len());
         let body = &after[tag_len..];
-        let (block, next) = match body.find("```") {
-            Some(close) => (&body[..close], &body[close + 3..]),
-            None => (body, ""),
-        };
+        let (block, next) = body.split_once("```").unwrap_or((body, ""));
         rest = next;
         Some(block.trim())
     })
@@ -230,8 +223,9 @@ fn balanced_spans<'t>(text: &'t str, open: u8, spans: &'t OnceCell<SpanTable>) -
     std::iter::from_fn(move || {
         let spans = spans.get_or_init(|| SpanTable::build(bytes));
         while let Some(offset) = bytes[from..].iter().position(|&b| b == open) {
-            let start = from + offset;
-            from = start + 1;
+            // Both stay within the text, far from overflowing.
+            let start = from.saturating_add(offset);
+            from = start.saturating_add(1);
             if !looks_like_json_start(bytes, start) {
                 continue;
             }
@@ -247,7 +241,11 @@ fn balanced_spans<'t>(text: &'t str, open: u8, spans: &'t OnceCell<SpanTable>) -
 /// Skips the braces of code and prose (`fn f() { x }`, `{name}`) without scanning them: a JSON
 /// object opens with a key or closes at once, an array of suggestions opens with an object.
 fn looks_like_json_start(bytes: &[u8], start: usize) -> bool {
-    let next = bytes[start + 1..].iter().find(|b| !b.is_ascii_whitespace()).copied();
+    let next = bytes[start..]
+        .iter()
+        .skip(1)
+        .find(|b| !b.is_ascii_whitespace())
+        .copied();
     match bytes[start] {
         b'{' => matches!(next, Some(b'"' | b'}')),
         _ => matches!(next, Some(b'{' | b']')),
@@ -353,11 +351,19 @@ impl SpanTable {
     /// The bracket some reader opened at `start`: right after opening it, that reader's
     /// innermost bracket is it, outside a string.
     fn bracket_at(&self, start: usize) -> Option<u32> {
-        self.seen.get(start + 1).map(|seen| seen[0]).filter(|&b| b != UNSEEN)
+        self.seen
+            .get(start.checked_add(1)?)
+            .map(|seen| seen[0])
+            .filter(|&b| b != UNSEEN)
     }
 
     /// Reads from the bracket at `start` until it closes or dies, settling the fate of every
     /// bracket it opens; `open` is scratch space for the brackets open, innermost last.
+    #[expect(
+        clippy::arithmetic_side_effects,
+        clippy::cast_possible_truncation,
+        reason = "positions are below the text's length, which `build` checked fits a u32"
+    )]
     fn read_from(&mut self, bytes: &[u8], start: usize, open: &mut Vec<(u32, u8)>) {
         open.clear();
         self.open(open, bytes[start]);
@@ -395,6 +401,10 @@ impl SpanTable {
         self.die(open);
     }
 
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "there are fewer brackets than bytes, which `build` checked fit a u32"
+    )]
     fn open(&mut self, open: &mut Vec<(u32, u8)>, bracket: u8) {
         open.push((self.fates.len() as u32, closer(bracket)));
         self.fates.push(Fate::Open);
@@ -439,7 +449,7 @@ fn parse_json(text: &str, budget: &ParseBudget) -> Option<Value> {
 
 /// Escapes control characters inside JSON strings; `None` when there were none.
 fn escape_raw_controls(text: &str) -> Option<String> {
-    let mut out = String::with_capacity(text.len() + 16);
+    let mut out = String::with_capacity(text.len().saturating_add(16));
     let mut in_string = false;
     let mut escaped = false;
     let mut changed = false;
@@ -479,20 +489,20 @@ fn find_review(value: &Value, array_allowed: bool, depth: usize, budget: &ParseB
     match value {
         Value::String(text) => {
             let decoded = decode_embedded(text, budget)?;
-            find_review(&decoded, array_allowed, depth + 1, budget)
+            find_review(&decoded, array_allowed, depth.saturating_add(1), budget)
         }
         Value::Array(items) if array_allowed => review_from_array(items),
         Value::Object(map) => review_from_object(map, budget).or_else(|| {
             let wrapped = WRAPPER_KEYS
                 .iter()
                 .filter_map(|key| map.get(*key))
-                .find_map(|inner| find_review(inner, true, depth + 1, budget));
+                .find_map(|inner| find_review(inner, true, depth.saturating_add(1), budget));
             // Wrappers were searched already, and less strictly: searching them again would
             // double the work at every level of nesting.
             wrapped.or_else(|| {
                 map.iter()
                     .filter(|(key, _)| !WRAPPER_KEYS.contains(&key.as_str()))
-                    .find_map(|(_, inner)| find_review(inner, false, depth + 1, budget))
+                    .find_map(|(_, inner)| find_review(inner, false, depth.saturating_add(1), budget))
             })
         }),
         _ => None,
@@ -551,7 +561,7 @@ fn read_suggestion_list(list: &Value, depth: usize, budget: &ParseBudget) -> Opt
         Value::Object(_) => Some(read_suggestions(std::slice::from_ref(list))),
         Value::String(text) if text.trim().is_empty() => Some((Vec::new(), 0)),
         Value::String(text) if depth < MAX_DEPTH => {
-            read_suggestion_list(&decode_embedded(text, budget)?, depth + 1, budget)
+            read_suggestion_list(&decode_embedded(text, budget)?, depth.saturating_add(1), budget)
         }
         _ => None,
     }
@@ -559,7 +569,8 @@ fn read_suggestion_list(list: &Value, depth: usize, budget: &ParseBudget) -> Opt
 
 fn read_suggestions(items: &[Value]) -> (Vec<RawSuggestion>, usize) {
     let suggestions: Vec<RawSuggestion> = items.iter().filter_map(read_suggestion).collect();
-    let dropped = items.len() - suggestions.len();
+    // One suggestion at most per item.
+    let dropped = items.len().saturating_sub(suggestions.len());
     (suggestions, dropped)
 }
 
@@ -645,7 +656,12 @@ fn number_in_text(text: &str) -> Option<i64> {
 fn integral(value: f64) -> Option<i64> {
     // Beyond 2^53 a float no longer names one integer.
     const EXACT: f64 = 9_007_199_254_740_992.0;
-    (value.is_finite() && value.fract() == 0.0 && value.abs() <= EXACT).then_some(value as i64)
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "a whole number within ±2^53 converts exactly"
+    )]
+    let exact = value as i64;
+    (value.is_finite() && value.fract() == 0.0 && value.abs() <= EXACT).then_some(exact)
 }
 
 /// The start of `text` on one line, for error messages.

@@ -14,6 +14,8 @@ use std::fmt::Write as _;
 
 use crate::contract::{FileStatusHint, JobFile, MAX_FILES};
 
+pub mod rendered;
+
 /// Why a diff could not be read. Each means the job is unusable (`invalid_job`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DiffError {
@@ -150,8 +152,8 @@ impl<'a> Hunk<'a> {
     pub(crate) fn counts(&self) -> (u32, u32) {
         self.lines().fold((0, 0), |(old, new), line| {
             (
-                old + u32::from(line.old_line.is_some()),
-                new + u32::from(line.new_line.is_some()),
+                old.saturating_add(u32::from(line.old_line.is_some())),
+                new.saturating_add(u32::from(line.new_line.is_some())),
             )
         })
     }
@@ -221,10 +223,7 @@ impl<'a> Iterator for HunkLines<'a> {
             if self.rest.is_empty() {
                 return None;
             }
-            let (line, rest) = match self.rest.find('\n') {
-                Some(end) => (&self.rest[..end], &self.rest[end + 1..]),
-                None => (self.rest, ""),
-            };
+            let (line, rest) = self.rest.split_once('\n').unwrap_or((self.rest, ""));
             self.rest = rest;
             let line = line.strip_suffix('\r').unwrap_or(line);
             if line.starts_with('\\') {
@@ -264,18 +263,23 @@ fn classify(line: &str) -> Option<(LineKind, &str)> {
     }
 }
 
+/// How the prompt's rendering of a file starts; [`rendered`] reads it back.
+const FILE_HEADER_PREFIX: &str = "=== FILE: ";
+/// What separates a renamed file's path from its old path in its header.
+const RENAMED_FROM: &str = " (renamed from ";
+
 /// The first line of the prompt's rendering of a file.
 fn file_header(file: &FileDiff<'_>) -> String {
     match (file.status, &file.old_path) {
         (FileStatus::Renamed, Some(old_path)) => {
-            format!("=== FILE: {} (renamed from {old_path})\n", file.path)
+            format!("{FILE_HEADER_PREFIX}{}{RENAMED_FROM}{old_path})\n", file.path)
         }
-        (status, _) => format!("=== FILE: {} ({})\n", file.path, status.as_str()),
+        (status, _) => format!("{FILE_HEADER_PREFIX}{} ({})\n", file.path, status.as_str()),
     }
 }
 
 /// Renders one file for the review prompt, appending to `out` so that a prompt is written once.
-/// This format is a contract: the simulator parses it.
+/// This format is a contract: [`rendered`] reads it back, and the simulator reviews what it reads.
 ///
 /// ```text
 /// === FILE: src/lib.rs (modified)
@@ -316,14 +320,15 @@ impl TextSize {
         let ascii = text.bytes().filter(u8::is_ascii).count();
         Self {
             ascii,
-            other: text.chars().count() - ascii,
+            // Every ASCII byte is a char of its own, so this cannot go below zero.
+            other: text.chars().count().saturating_sub(ascii),
         }
     }
 
     pub(crate) fn add(self, other: Self) -> Self {
         Self {
-            ascii: self.ascii + other.ascii,
-            other: self.other + other.other,
+            ascii: self.ascii.saturating_add(other.ascii),
+            other: self.other.saturating_add(other.other),
         }
     }
 }
@@ -349,10 +354,11 @@ pub(crate) fn hunk_size(hunk: &Hunk<'_>) -> TextSize {
             LineKind::Removed => None,
             LineKind::Context | LineKind::Added => line.new_line,
         };
-        let digits = number.map_or(0, |n| n.checked_ilog10().map_or(1, |d| d as usize + 1));
+        // A u32 has at most ten digits.
+        let digits = number.map_or(0, |n| n.checked_ilog10().map_or(1, |d| d.saturating_add(1)));
         // Number padded to six, a space, the marker, the text, the newline.
         let frame = TextSize {
-            ascii: digits.max(6) + 3,
+            ascii: usize::try_from(digits.max(6)).unwrap_or(usize::MAX).saturating_add(3),
             other: 0,
         };
         size = size.add(frame).add(TextSize::of(line.text));
@@ -525,11 +531,13 @@ impl<'a> Cursor<'a> {
     fn peek(&self) -> Option<(&'a str, usize)> {
         count_line();
         let rest = self.text.get(self.at..).filter(|rest| !rest.is_empty())?;
-        let (line, used) = match rest.find('\n') {
-            Some(end) => (&rest[..end], end + 1),
+        let (line, used) = match rest.split_once('\n') {
+            // The `\n` is one byte.
+            Some((line, _)) => (line, line.len().saturating_add(1)),
             None => (rest, rest.len()),
         };
-        Some((line.strip_suffix('\r').unwrap_or(line), self.at + used))
+        // `used` is at most what is left of the text, so this stays within it.
+        Some((line.strip_suffix('\r').unwrap_or(line), self.at.saturating_add(used)))
     }
 
     fn peek_line(&self) -> Option<&'a str> {
@@ -726,11 +734,11 @@ fn read_hunk<'a>(header: &'a str, lines: &mut Cursor<'a>) -> Result<(Hunk<'a>, b
         let Some((kind, _)) = classify(line) else { break };
         match kind {
             LineKind::Context if old_left > 0 && new_left > 0 => {
-                old_left -= 1;
-                new_left -= 1;
+                old_left = old_left.saturating_sub(1);
+                new_left = new_left.saturating_sub(1);
             }
-            LineKind::Added if new_left > 0 => new_left -= 1,
-            LineKind::Removed if old_left > 0 => old_left -= 1,
+            LineKind::Added if new_left > 0 => new_left = new_left.saturating_sub(1),
+            LineKind::Removed if old_left > 0 => old_left = old_left.saturating_sub(1),
             _ => break,
         }
         changes |= kind != LineKind::Context;
@@ -816,7 +824,7 @@ fn git_header_paths(rest: &str) -> Option<(Cow<'_, str>, Cow<'_, str>)> {
     }
     if rest.ends_with('"')
         && let Some(at) = rest.find(" \"")
-        && let Some((new, "")) = unquote(&rest[at + 1..])
+        && let Some((new, "")) = rest[at..].strip_prefix(' ').and_then(unquote)
     {
         return Some((
             strip_prefix(Cow::Borrowed(&rest[..at]), "a/"),
@@ -838,7 +846,7 @@ fn git_header_paths(rest: &str) -> Option<(Cow<'_, str>, Cow<'_, str>)> {
         }
     }
     let (old, new) = match rest.find(" b/") {
-        Some(at) => (&rest[..at], &rest[at + 1..]),
+        Some(at) => (&rest[..at], rest[at..].strip_prefix(' ')?),
         None => rest.split_once(' ')?,
     };
     Some((
@@ -855,7 +863,7 @@ fn binary_paths(rest: &str) -> Option<(Cow<'_, str>, Cow<'_, str>)> {
     };
     let (old, new) = rest
         .match_indices(" and ")
-        .map(|(at, sep)| (&rest[..at], &rest[at + sep.len()..]))
+        .map(|(at, sep)| (&rest[..at], rest[at..].strip_prefix(sep).unwrap_or_default()))
         .find(|(old, new)| looks_right(old, new))
         .or_else(|| rest.split_once(" and "))?;
     Some((marker_path(old, "a/"), marker_path(new, "b/")))
@@ -880,11 +888,16 @@ fn unquote(quoted: &str) -> Option<(String, &str)> {
         match *rest {
             [] => return None,
             [b'"', ..] => {
-                let tail = &quoted[quoted.len() - rest.len() + 1..];
+                // `rest` is a tail of `quoted`, so this is where the closing quote sits.
+                let tail = quoted
+                    .get(quoted.len().saturating_sub(rest.len())..)?
+                    .strip_prefix('"')?;
                 return Some((String::from_utf8_lossy(&bytes).into_owned(), tail));
             }
             [b'\\', a @ b'0'..=b'3', b @ b'0'..=b'7', c @ b'0'..=b'7', ..] => {
-                bytes.push((a - b'0') * 64 + (b - b'0') * 8 + (c - b'0'));
+                // Three octal digits led by 0-3: at most 0o377, one byte.
+                let digits = [a, b, c];
+                bytes.push(u8::from_str_radix(std::str::from_utf8(&digits).ok()?, 8).ok()?);
                 rest = &rest[4..];
             }
             [b'\\', escaped, ..] => {

@@ -10,13 +10,14 @@ use axum::body::{Body, to_bytes};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use chrono::Utc;
+use review_core::diff::rendered;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use super::config::{MismatchCode, Shape, SimConfig};
 use super::errors::{self, Answer};
 use super::review::{self, Reviewed};
 use super::state::{Plan, SimState};
-use super::{MismatchCode, Shape};
 
 /// Large enough for any diff a ~200k-token context can hold.
 const BODY_LIMIT: usize = 32 * 1024 * 1024;
@@ -32,7 +33,7 @@ pub(crate) async fn chat(state: Arc<SimState>, plan: Plan, headers: HeaderMap, b
 }
 
 /// Checks `Authorization: Bearer KEY` against `plan`'s keys.
-pub(crate) fn authorize(state: &SimState, plan: Plan, headers: &HeaderMap) -> Result<(), Answer> {
+pub(crate) fn authorize(state: &SimState, knobs: &SimConfig, plan: Plan, headers: &HeaderMap) -> Result<(), Answer> {
     let key = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -46,20 +47,22 @@ pub(crate) fn authorize(state: &SimState, plan: Plan, headers: &HeaderMap) -> Re
         .unwrap_or_default();
     match state.check_key(plan, key) {
         Ok(()) => Ok(()),
-        Err(true) => Err(match state.mismatch_code() {
+        Err(true) => Err(match knobs.mismatch_code {
             MismatchCode::Unauthorized => errors::token_expired(),
-            MismatchCode::InsufficientBalance => errors::coded(1113, state.lang(), None),
+            MismatchCode::InsufficientBalance => errors::coded(1113, knobs.lang, None),
         }),
-        Err(false) => Err(errors::invalid_key(state.lang())),
+        Err(false) => Err(errors::invalid_key(knobs.lang)),
     }
 }
 
 async fn handle(state: &Arc<SimState>, plan: Plan, headers: &HeaderMap, body: Body, seq: u64) -> Answer {
-    let lang = state.lang();
     // The body is read before any check so that a rejected request leaves its keep-alive
     // connection usable, as a real server's would.
     let bytes = to_bytes(body, BODY_LIMIT).await;
-    if let Err(answer) = authorize(state, plan, headers) {
+    // One copy of the knobs for the whole call, taken once it has arrived.
+    let knobs = state.config();
+    let lang = knobs.lang;
+    if let Err(answer) = authorize(state, &knobs, plan, headers) {
         return answer;
     }
     let Ok(bytes) = bytes else {
@@ -77,38 +80,41 @@ async fn handle(state: &Arc<SimState>, plan: Plan, headers: &HeaderMap, body: Bo
     if request.messages.is_empty() {
         return errors::coded(1214, lang, None);
     }
-    let Some(_slot) = state.try_serve() else {
+    let Some(_slot) = state.try_serve(knobs.max_concurrency) else {
         return errors::coded(1302, lang, None);
     };
-    if let Some(code) = state.take_forced_failure() {
-        let reset = state.announced_reset(state.forced_reset(code, Utc::now()));
+    if state.take_forced_failure() {
+        let code = knobs.fail_first_code;
+        let reset = knobs.announced_reset(knobs.forced_reset(code, Utc::now()));
         return errors::coded(code, lang, Some(reset));
     }
 
     // Draws come from the request's own sequence number, so a run with a given seed fails the
     // same calls every time, and no generator is shared between cores.
     let mut rng = fastrand::Rng::with_seed(mix(state.seed, seq));
-    let failure = if rng.f64() < state.fail_rate_5xx() {
+    let failure = if rng.f64() < knobs.fail_rate_5xx {
         Some(if rng.bool() { 500 } else { 503 })
-    } else if rng.f64() < state.fail_rate_1305() {
+    } else if rng.f64() < knobs.fail_rate_1305 {
         Some(1305)
     } else {
         None
     };
-    let garbage = rng.f64() < state.garbage_rate();
-    if let Err(exhausted) = state.admit(Utc::now(), || failure.is_none()) {
-        return errors::coded(exhausted.code, lang, Some(state.announced_reset(exhausted.reset)));
+    let garbage = rng.f64() < knobs.garbage_rate;
+    if let Err(exhausted) = state.admit(&knobs, Utc::now(), || failure.is_none()) {
+        return errors::coded(exhausted.code, lang, Some(knobs.announced_reset(exhausted.reset)));
     }
 
-    let (latency, jitter) = state.latency_ms();
-    let delay = latency.saturating_add(if jitter > 0 { rng.u64(0..=jitter) } else { 0 });
+    let jitter = knobs.jitter_ms;
+    let delay = knobs
+        .latency_ms
+        .saturating_add(if jitter > 0 { rng.u64(0..=jitter) } else { 0 });
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     if let Some(code) = failure {
         return errors::coded(code, lang, None);
     }
-    Answer::ok(completion(state, &request, model, seq, garbage))
+    Answer::ok(completion(state, &knobs, &request, model, seq, garbage))
 }
 
 /// SplitMix64 of seed and sequence: neighbouring requests get unrelated streams.
@@ -119,10 +125,17 @@ fn mix(seed: u64, seq: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn completion(state: &SimState, request: &ChatRequest, model: &str, seq: u64, garbage: bool) -> String {
+fn completion(
+    state: &SimState,
+    knobs: &SimConfig,
+    request: &ChatRequest,
+    model: &str,
+    seq: u64,
+    garbage: bool,
+) -> String {
     let users = || request.messages.iter().rev().filter(|m| m.role == "user");
     let prompt = users()
-        .find(|m| review::has_files(&m.content.0))
+        .find(|m| rendered::has_files(&m.content.0))
         .map_or("", |m| m.content.0.as_str());
     let repair = users().next().is_some_and(|m| m.content.0.contains(REPAIR_MARKER));
     let Reviewed {
@@ -131,7 +144,7 @@ fn completion(state: &SimState, request: &ChatRequest, model: &str, seq: u64, ga
         added_lines,
     } = review::review(prompt);
 
-    let shape = match (repair, state.shape()) {
+    let shape = match (repair, knobs.shape) {
         (true, _) => Shape::Plain,
         (false, Shape::Rotate) => match state.next_shape_turn() % 3 {
             0 => Shape::Plain,
@@ -154,7 +167,7 @@ fn completion(state: &SimState, request: &ChatRequest, model: &str, seq: u64, ga
     });
 
     let json = serde_json::to_string(&review).unwrap_or_default();
-    let (content, tool_calls, finish_reason) = if let Some(junk) = state.take_junk() {
+    let (content, tool_calls, finish_reason) = if let Some(junk) = state.take_junk(knobs) {
         (Some(junk), None, "stop")
     } else if garbage {
         (Some(unreadable(&review.summary, &json)), None, "stop")
@@ -210,7 +223,7 @@ fn completion(state: &SimState, request: &ChatRequest, model: &str, seq: u64, ga
         usage: Usage {
             prompt_tokens,
             completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
+            total_tokens: prompt_tokens.saturating_add(completion_tokens),
             prompt_tokens_details: PromptTokensDetails { cached_tokens: 0 },
         },
     };
@@ -221,7 +234,8 @@ fn completion(state: &SimState, request: &ChatRequest, model: &str, seq: u64, ga
 fn unreadable(summary: &str, json: &str) -> String {
     let mut cut = json.len() / 2;
     while !json.is_char_boundary(cut) {
-        cut -= 1;
+        // Zero is a boundary, so this stops there.
+        cut = cut.saturating_sub(1);
     }
     format!(
         "I looked through the changes. {summary} Here is the review, \

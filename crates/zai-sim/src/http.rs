@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
 use super::errors::{self, Answer};
-use super::state::{Plan, SimConfig, SimKeys, SimState};
+use super::state::{Plan, SimKeys, SimState};
 use super::{CODING_BASE, DEVELOPER_BASE, chat};
 
 const CONTROL_BODY_LIMIT: usize = 1024 * 1024;
@@ -42,7 +42,7 @@ async fn dispatch(State(state): State<Arc<SimState>>, request: Request) -> Respo
             return respond(chat::chat(Arc::clone(&state), plan, parts.headers, body).await);
         }
         Some((plan, Endpoint::Models)) if parts.method == Method::GET => {
-            match chat::authorize(&state, plan, &parts.headers) {
+            match chat::authorize(&state, &state.config(), plan, &parts.headers) {
                 Ok(()) => Answer::ok(state.models_body.clone()),
                 Err(answer) => answer,
             }
@@ -107,11 +107,11 @@ async fn control(state: &SimState, method: &Method, path: &str, body: Body) -> R
             Err(answer) => answer,
         },
         (&Method::GET, "config") => json(StatusCode::OK, &state.config()),
-        (&Method::POST, "config") => match read::<SimConfig>(body).await {
-            Ok(patch) => {
-                state.configure(&patch);
-                json(StatusCode::OK, &state.config())
-            }
+        (&Method::POST, "config") => match read::<serde_json::Map<String, serde_json::Value>>(body).await {
+            Ok(patch) => match state.configure(|knobs| knobs.patched(patch).map(|patched| *knobs = patched)) {
+                Ok(()) => json(StatusCode::OK, &state.config()),
+                Err(error) => bad_request(error.to_string()),
+            },
             Err(answer) => answer,
         },
         (_, "stats" | "reset" | "keys" | "config") => respond(errors::method_not_allowed(&format!("/_sim/{path}"))),
@@ -121,11 +121,14 @@ async fn control(state: &SimState, method: &Method, path: &str, body: Body) -> R
 
 /// A control body, or the 400 that says what is wrong with it (an unknown knob, a bad type).
 async fn read<T: DeserializeOwned>(body: Body) -> Result<T, Response> {
-    let bad = |message: String| json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": message}));
     let bytes = to_bytes(body, CONTROL_BODY_LIMIT)
         .await
-        .map_err(|e| bad(e.to_string()))?;
-    serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
+        .map_err(|e| bad_request(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| bad_request(e.to_string()))
+}
+
+fn bad_request(message: String) -> Response {
+    json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": message}))
 }
 
 fn json(status: StatusCode, value: &impl serde::Serialize) -> Response {

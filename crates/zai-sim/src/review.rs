@@ -1,10 +1,9 @@
-//! The simulated model's judgement: reads the diff that the worker rendered into its prompt and
-//! flags a few well-known smells on added lines, so that tests can predict the review exactly.
-//!
-//! The prompt format is the worker's: `=== FILE: {path} ({status})` starts a file, `@@` lines are
-//! hunk headers, and every other diff line is `format!("{:>6} {}{}", number, marker, text)` with
-//! the new file's line number (blank on removed lines).
+//! The simulated model's judgement: reads the diff that the worker rendered into its prompt (with
+//! `review_core::diff::rendered`, the reader that sits next to the renderer) and flags a few
+//! well-known smells on added lines, so that tests can predict the review exactly.
 
+use review_core::diff::LineKind;
+use review_core::diff::rendered::{self, RenderedLine};
 use serde::Serialize;
 
 /// What the model answers: `llm-review-output.v1.schema.json`.
@@ -36,13 +35,6 @@ pub(crate) struct Reviewed {
     pub(crate) added_lines: usize,
 }
 
-const FILE_PREFIX: &str = "=== FILE: ";
-
-/// True when `text` holds at least one rendered file, i.e. it is a review prompt.
-pub(crate) fn has_files(text: &str) -> bool {
-    text.contains(FILE_PREFIX)
-}
-
 /// Reviews the diff rendered in `prompt`; a prompt without files gets an empty review.
 pub(crate) fn review(prompt: &str) -> Reviewed {
     let mut suggestions = Vec::new();
@@ -52,31 +44,31 @@ pub(crate) fn review(prompt: &str) -> Reviewed {
     let mut files_with_findings = 0usize;
     let mut current_has_finding = false;
 
-    for raw in prompt.lines() {
-        if let Some(rest) = raw.strip_prefix(FILE_PREFIX) {
-            if current_has_finding {
-                files_with_findings += 1;
+    for line in rendered::lines(prompt) {
+        match line {
+            RenderedLine::File(file) => {
+                files_with_findings = files_with_findings.saturating_add(usize::from(current_has_finding));
+                current_has_finding = false;
+                current = Some(file.path);
+                files = files.saturating_add(1);
             }
-            current_has_finding = false;
-            current = Some(file_path(rest));
-            files += 1;
-            continue;
+            RenderedLine::Diff {
+                kind: LineKind::Added,
+                new_line: Some(number),
+                text,
+            } => {
+                // Text before the first file (the PR's description) is not diff.
+                let Some(path) = current else { continue };
+                added_lines = added_lines.saturating_add(1);
+                let before = suggestions.len();
+                // A prompt sent with CRLF line ends keeps its `\r`s in the text.
+                flag_line(path, number, text.trim_end_matches('\r'), &mut suggestions);
+                current_has_finding |= suggestions.len() > before;
+            }
+            RenderedLine::Diff { .. } | RenderedLine::HunkHeader(_) | RenderedLine::Other(_) => {}
         }
-        let Some(path) = current else { continue };
-        if raw.starts_with("@@") {
-            continue;
-        }
-        let Some((number, text)) = added_line(raw) else {
-            continue;
-        };
-        added_lines += 1;
-        let before = suggestions.len();
-        flag_line(path, number, text, &mut suggestions);
-        current_has_finding |= suggestions.len() > before;
     }
-    if current_has_finding {
-        files_with_findings += 1;
-    }
+    files_with_findings = files_with_findings.saturating_add(usize::from(current_has_finding));
 
     let summary = if suggestions.is_empty() {
         "No issues found.".to_owned()
@@ -92,38 +84,6 @@ pub(crate) fn review(prompt: &str) -> Reviewed {
         files,
         added_lines,
     }
-}
-
-/// The path of a `=== FILE:` header, without its `(status)`. The status is matched from the end
-/// because a path may itself contain parentheses.
-fn file_path(header: &str) -> &str {
-    let header = header.trim_end();
-    for status in [" (added)", " (modified)", " (removed)"] {
-        if let Some(path) = header.strip_suffix(status) {
-            return path;
-        }
-    }
-    if let Some(at) = header.find(" (renamed from ") {
-        return &header[..at];
-    }
-    match header.rfind(" (") {
-        Some(at) if header.ends_with(')') => &header[..at],
-        _ => header,
-    }
-}
-
-/// `(new line number, text)` of an added line, `None` for anything else. Numbers wider than six
-/// digits push the columns right, so the line is read by its parts rather than fixed offsets.
-fn added_line(raw: &str) -> Option<(u64, &str)> {
-    let rest = raw.trim_start_matches(' ');
-    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-    if digits == 0 {
-        return None;
-    }
-    let number = rest[..digits].parse().ok()?;
-    let rest = rest[digits..].strip_prefix(' ')?;
-    let text = rest.strip_prefix('+')?;
-    Some((number, text.trim_end_matches('\r')))
 }
 
 struct Rule {
@@ -164,12 +124,12 @@ const DEBUG_OUTPUT: Rule = Rule {
     body: "This prints debugging output. Use the project's logger or remove it before merging.",
 };
 
-fn flag_line(path: &str, number: u64, text: &str, out: &mut Vec<Finding>) {
+fn flag_line(path: &str, number: u32, text: &str, out: &mut Vec<Finding>) {
     let mut push = |rule: &Rule, improved_code: Option<String>| {
         out.push(Finding {
             file: path.to_owned(),
-            line_start: number,
-            line_end: number,
+            line_start: number.into(),
+            line_end: number.into(),
             severity: rule.severity,
             label: rule.label,
             title: rule.title,
@@ -200,18 +160,16 @@ const SECRET_NAMES: [&str; 5] = ["password", "passwd", "secret", "api_key", "tok
 /// A secret-looking name assigned a non-empty string literal (`password = "…"`, `"token": "…"`,
 /// `API_KEY := '…'`), or an AWS access key id anywhere on the line.
 fn has_secret(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    for name in SECRET_NAMES {
-        let mut from = 0;
-        while let Some(at) = find_ignore_ascii_case(&bytes[from..], name.as_bytes()) {
-            let end = from + at + name.len();
-            if assigns_literal(&bytes[end..]) {
-                return true;
-            }
-            from = end;
-        }
-    }
-    has_aws_key(bytes)
+    // ASCII lowercasing keeps every byte where it was, and names and separators are ASCII.
+    let lower = text.to_ascii_lowercase();
+    let assigned = SECRET_NAMES.iter().any(|name| {
+        lower.match_indices(name).any(|(at, _)| {
+            lower[at..]
+                .strip_prefix(name)
+                .is_some_and(|after| assigns_literal(after.as_bytes()))
+        })
+    });
+    assigned || has_aws_key(text.as_bytes())
 }
 
 fn assigns_literal(after_name: &[u8]) -> bool {
@@ -245,12 +203,11 @@ fn has_aws_key(bytes: &[u8]) -> bool {
     bytes.windows(20).enumerate().any(|(at, w)| {
         w.starts_with(b"AKIA")
             && w[4..].iter().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
-            && (at == 0 || !bytes[at - 1].is_ascii_alphanumeric())
+            && at
+                .checked_sub(1)
+                .and_then(|before| bytes.get(before))
+                .is_none_or(|c| !c.is_ascii_alphanumeric())
     })
-}
-
-fn find_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// `println!`, `print(`, `console.log(` or `dbg!` as a call of its own, not the tail of a longer
@@ -280,18 +237,26 @@ mod tests {
     }
 
     #[test]
-    fn added_lines_are_read_with_their_new_file_numbers() {
-        assert_eq!(added_line("    12 +let x = 1;"), Some((12, "let x = 1;")));
-        assert_eq!(added_line("1234567 +wide"), Some((1234567, "wide")));
-        assert_eq!(added_line("    12  context"), None);
-        assert_eq!(added_line("       -removed"), None);
-    }
-
-    #[test]
-    fn file_headers_lose_their_status_even_with_parentheses_in_the_path() {
-        assert_eq!(file_path("src/a (copy).rs (modified)"), "src/a (copy).rs");
-        assert_eq!(file_path("src/new.rs (renamed from src/old.rs)"), "src/new.rs");
-        assert_eq!(file_path("x.py (added)"), "x.py");
+    fn only_added_lines_after_a_file_header_are_reviewed() {
+        let mut prompt = String::from("Description:\n    12 +let x = y.unwrap();\n");
+        prompt.push_str(&render(
+            "src/a (copy).rs",
+            "modified",
+            &[
+                (Some(12), ' ', "let a = b.unwrap();"),
+                (None, '-', "let c = d.unwrap();"),
+                (Some(1_234_567), '+', "let e = f.unwrap();\r"),
+            ],
+        ));
+        let reviewed = review(&prompt);
+        let found: Vec<_> = reviewed
+            .review
+            .suggestions
+            .iter()
+            .map(|f| (f.file.as_str(), f.line_start, f.existing_code.as_str()))
+            .collect();
+        assert_eq!(found, [("src/a (copy).rs", 1_234_567, "let e = f.unwrap();")]);
+        assert_eq!((reviewed.files, reviewed.added_lines), (1, 1));
     }
 
     #[test]

@@ -1,18 +1,20 @@
 //! The simulator's shared state: accepted keys, the live knobs, the quota windows and the counters
 //! behind `/_sim/stats`.
 //!
-//! Everything a chat request touches on its way is an atomic, so requests on both cores never wait
-//! on each other; the keys sit behind a read-mostly lock, and the quota windows behind a mutex that
-//! is taken only when a window is configured and never held across an await.
+//! The counters are atomics, so requests on both cores never wait on each other; the keys and
+//! the knobs sit behind read-mostly locks (a request copies the knobs once, on arrival), and the
+//! quota windows behind a mutex that is taken only when a window is configured and never held
+//! across an await.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU16, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
-use super::{JunkShape, Lang, MAX_JUNK_BYTES, MismatchCode, Shape, SimArgs};
+use super::SimArgs;
+use super::config::{FIVE_HOURS, ONE_WEEK, SimConfig};
 
 /// What `/_sim/stats` answers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,7 +37,8 @@ pub struct SimStats {
 
 impl SimStats {
     /// How many answers went out under `key` (`"200"`, `"1308"`…), zero if none.
-    pub fn answered(&self, key: &str) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn answered(&self, key: &str) -> u64 {
         self.answers.get(key).copied().unwrap_or(0)
     }
 
@@ -55,78 +58,6 @@ pub struct SimKeys {
     pub developer_keys: Vec<String>,
 }
 
-/// The runtime knobs, every one optional: `POST /_sim/config` and [`super::SimHandle::configure`]
-/// change only the fields that are set; `GET /_sim/config` answers them all. Rates are clamped to
-/// `0..=1`; a limit of 0 means "no limit".
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SimConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_concurrency: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latency_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jitter_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub window_calls: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub window_secs: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weekly_calls: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weekly_secs: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fail_rate_5xx: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fail_rate_1305: Option<f64>,
-    /// Setting it (even to the same value) restarts the count: the next N chat calls fail.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fail_first: Option<u64>,
-    #[serde(
-        default,
-        deserialize_with = "code_from_string_or_number",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub fail_first_code: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub garbage_rate: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lang: Option<Lang>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mismatch_code: Option<MismatchCode>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shape: Option<Shape>,
-    /// Added to the reset time 1308/1310 messages give; negative puts it in the past.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reset_shift_secs: Option<i64>,
-    /// How many of the next successful answers carry junk; reads back as how many are left.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub junk_answers: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub junk_shape: Option<JunkShape>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub junk_bytes: Option<u64>,
-}
-
-/// Codes are strings on Z.AI's wire, so a test may well write `"1302"` as readily as `1302`.
-fn code_from_string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Code {
-        Number(u16),
-        Text(String),
-    }
-    match Option::<Code>::deserialize(d)? {
-        None => Ok(None),
-        Some(Code::Number(n)) => Ok(Some(n)),
-        Some(Code::Text(s)) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("not an error code: {s:?}"))),
-    }
-}
-
 /// The two plans, i.e. the two base paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Plan {
@@ -138,30 +69,6 @@ pub(crate) enum Plan {
 struct KeySet {
     coding: Vec<String>,
     developer: Vec<String>,
-}
-
-#[derive(Debug)]
-struct Knobs {
-    max_concurrency: AtomicU64,
-    latency_ms: AtomicU64,
-    jitter_ms: AtomicU64,
-    window_calls: AtomicU64,
-    window_secs: AtomicU64,
-    weekly_calls: AtomicU64,
-    weekly_secs: AtomicU64,
-    /// `f64` bit patterns.
-    fail_rate_5xx: AtomicU64,
-    fail_rate_1305: AtomicU64,
-    garbage_rate: AtomicU64,
-    fail_first: AtomicU64,
-    fail_first_code: AtomicU16,
-    lang: AtomicU8,
-    mismatch_code: AtomicU8,
-    shape: AtomicU8,
-    reset_shift_secs: AtomicI64,
-    junk_answers: AtomicU64,
-    junk_shape: AtomicU8,
-    junk_bytes: AtomicU64,
 }
 
 /// One answer counter per key. The keys the simulator itself produces get a slot of their own;
@@ -190,7 +97,9 @@ impl AnswerCounts {
                 self.known[at].fetch_add(1, Relaxed);
             }
             None => {
-                *lock(&self.other).entry(key).or_default() += 1;
+                let mut other = lock(&self.other);
+                let n = other.entry(key).or_default();
+                *n = n.saturating_add(1);
             }
         }
     }
@@ -243,14 +152,17 @@ pub(crate) struct SimState {
     pub(crate) models_body: String,
     pub(crate) seed: u64,
     keys: RwLock<Arc<KeySet>>,
-    knobs: Knobs,
+    /// As last set; `fail_first` is the count a reset starts again from.
+    knobs: RwLock<SimConfig>,
+    /// Forced failures and junk answers still to come.
+    fail_first_left: AtomicU64,
+    junk_left: AtomicU64,
     quota: Mutex<Quota>,
     requests: AtomicU64,
     chat_requests: AtomicU64,
     in_flight: AtomicU64,
     peak_in_flight: AtomicU64,
     serving: AtomicU64,
-    fail_first_seen: AtomicU64,
     shape_turn: AtomicU64,
     answers: AnswerCounts,
     chat_answers: AnswerCounts,
@@ -261,9 +173,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn rate_bits(rate: f64) -> u64 {
-    let rate = if rate.is_nan() { 0.0 } else { rate.clamp(0.0, 1.0) };
-    rate.to_bits()
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl SimState {
@@ -280,34 +191,15 @@ impl SimState {
             models_body,
             seed: args.seed,
             keys: RwLock::new(Arc::new(KeySet::default())),
-            knobs: Knobs {
-                max_concurrency: AtomicU64::new(0),
-                latency_ms: AtomicU64::new(0),
-                jitter_ms: AtomicU64::new(0),
-                window_calls: AtomicU64::new(0),
-                window_secs: AtomicU64::new(0),
-                weekly_calls: AtomicU64::new(0),
-                weekly_secs: AtomicU64::new(0),
-                fail_rate_5xx: AtomicU64::new(0),
-                fail_rate_1305: AtomicU64::new(0),
-                garbage_rate: AtomicU64::new(0),
-                fail_first: AtomicU64::new(0),
-                fail_first_code: AtomicU16::new(500),
-                lang: AtomicU8::new(0),
-                mismatch_code: AtomicU8::new(0),
-                shape: AtomicU8::new(0),
-                reset_shift_secs: AtomicI64::new(0),
-                junk_answers: AtomicU64::new(0),
-                junk_shape: AtomicU8::new(0),
-                junk_bytes: AtomicU64::new(0),
-            },
+            knobs: RwLock::new(args.config.sanitized()),
+            fail_first_left: AtomicU64::new(args.config.fail_first),
+            junk_left: AtomicU64::new(args.config.junk_answers),
             quota: Mutex::new(Quota::default()),
             requests: AtomicU64::new(0),
             chat_requests: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             peak_in_flight: AtomicU64::new(0),
             serving: AtomicU64::new(0),
-            fail_first_seen: AtomicU64::new(0),
             shape_turn: AtomicU64::new(0),
             answers: AnswerCounts::new(),
             chat_answers: AnswerCounts::new(),
@@ -315,27 +207,6 @@ impl SimState {
         state.set_keys(SimKeys {
             coding_keys: args.coding_keys.clone(),
             developer_keys: args.developer_keys.clone(),
-        });
-        state.configure(&SimConfig {
-            max_concurrency: Some(args.max_concurrency),
-            latency_ms: Some(args.latency_ms),
-            jitter_ms: Some(args.jitter_ms),
-            window_calls: Some(args.window_calls),
-            window_secs: Some(args.window_secs),
-            weekly_calls: Some(args.weekly_calls),
-            weekly_secs: Some(args.weekly_secs),
-            fail_rate_5xx: Some(args.fail_rate_5xx),
-            fail_rate_1305: Some(args.fail_rate_1305),
-            fail_first: Some(args.fail_first),
-            fail_first_code: Some(args.fail_first_code),
-            garbage_rate: Some(args.garbage_rate),
-            lang: Some(args.lang),
-            mismatch_code: Some(args.mismatch_code),
-            shape: Some(args.shape),
-            reset_shift_secs: Some(args.reset_shift_secs),
-            junk_answers: Some(args.junk_answers),
-            junk_shape: Some(args.junk_shape),
-            junk_bytes: Some(args.junk_bytes),
         });
         state
     }
@@ -373,137 +244,54 @@ impl SimState {
 
     // ----- knobs -----
 
-    pub(crate) fn configure(&self, patch: &SimConfig) {
-        let k = &self.knobs;
-        let set = |slot: &AtomicU64, value: Option<u64>| {
-            if let Some(v) = value {
-                slot.store(v, Relaxed);
-            }
-        };
-        set(&k.max_concurrency, patch.max_concurrency);
-        set(&k.latency_ms, patch.latency_ms);
-        set(&k.jitter_ms, patch.jitter_ms);
-        set(&k.window_calls, patch.window_calls);
-        set(&k.window_secs, patch.window_secs);
-        set(&k.weekly_calls, patch.weekly_calls);
-        set(&k.weekly_secs, patch.weekly_secs);
-        set(&k.fail_rate_5xx, patch.fail_rate_5xx.map(rate_bits));
-        set(&k.fail_rate_1305, patch.fail_rate_1305.map(rate_bits));
-        set(&k.garbage_rate, patch.garbage_rate.map(rate_bits));
-        if let Some(n) = patch.fail_first {
-            k.fail_first.store(n, Relaxed);
-            self.fail_first_seen.store(0, Relaxed);
+    /// Applies `change` to the current knobs (the counting ones as what is left); a counting
+    /// knob that `change` sets to another value starts counting again from it. Nothing changes
+    /// when `change` fails.
+    pub(crate) fn configure<E>(&self, change: impl FnOnce(&mut SimConfig) -> Result<(), E>) -> Result<(), E> {
+        let mut stored = self.knobs.write().unwrap_or_else(PoisonError::into_inner);
+        let before = self.with_counts(*stored);
+        let mut after = before;
+        change(&mut after)?;
+        let mut after = after.sanitized();
+        if after.fail_first == before.fail_first {
+            after.fail_first = stored.fail_first;
+        } else {
+            self.fail_first_left.store(after.fail_first, Relaxed);
         }
-        if let Some(code) = patch.fail_first_code {
-            k.fail_first_code.store(code, Relaxed);
+        if after.junk_answers != before.junk_answers {
+            self.junk_left.store(after.junk_answers, Relaxed);
         }
-        if let Some(lang) = patch.lang {
-            k.lang.store(lang as u8, Relaxed);
-        }
-        if let Some(code) = patch.mismatch_code {
-            k.mismatch_code.store(code as u8, Relaxed);
-        }
-        if let Some(shape) = patch.shape {
-            k.shape.store(shape as u8, Relaxed);
-        }
-        if let Some(shift) = patch.reset_shift_secs {
-            k.reset_shift_secs.store(shift, Relaxed);
-        }
-        set(&k.junk_answers, patch.junk_answers);
-        if let Some(shape) = patch.junk_shape {
-            k.junk_shape.store(shape as u8, Relaxed);
-        }
-        set(&k.junk_bytes, patch.junk_bytes.map(|b| b.min(MAX_JUNK_BYTES)));
+        *stored = after;
+        Ok(())
     }
 
+    /// Every knob as it is now, the counting ones as what is left: what a request works with.
     pub(crate) fn config(&self) -> SimConfig {
-        let k = &self.knobs;
-        let rate = |slot: &AtomicU64| Some(f64::from_bits(slot.load(Relaxed)));
-        SimConfig {
-            max_concurrency: Some(k.max_concurrency.load(Relaxed)),
-            latency_ms: Some(k.latency_ms.load(Relaxed)),
-            jitter_ms: Some(k.jitter_ms.load(Relaxed)),
-            window_calls: Some(k.window_calls.load(Relaxed)),
-            window_secs: Some(k.window_secs.load(Relaxed)),
-            weekly_calls: Some(k.weekly_calls.load(Relaxed)),
-            weekly_secs: Some(k.weekly_secs.load(Relaxed)),
-            fail_rate_5xx: rate(&k.fail_rate_5xx),
-            fail_rate_1305: rate(&k.fail_rate_1305),
-            fail_first: Some(k.fail_first.load(Relaxed)),
-            fail_first_code: Some(k.fail_first_code.load(Relaxed)),
-            garbage_rate: rate(&k.garbage_rate),
-            lang: Some(self.lang()),
-            mismatch_code: Some(self.mismatch_code()),
-            shape: Some(self.shape()),
-            reset_shift_secs: Some(k.reset_shift_secs.load(Relaxed)),
-            junk_answers: Some(k.junk_answers.load(Relaxed)),
-            junk_shape: Some(JunkShape::from_u8(k.junk_shape.load(Relaxed))),
-            junk_bytes: Some(k.junk_bytes.load(Relaxed)),
-        }
+        self.with_counts(*read(&self.knobs))
     }
 
-    /// The reset time a quota message gives for a window that closes at `reset`.
-    pub(crate) fn announced_reset(&self, reset: DateTime<Utc>) -> DateTime<Utc> {
-        let shift = TimeDelta::try_seconds(self.knobs.reset_shift_secs.load(Relaxed)).unwrap_or_default();
-        reset.checked_add_signed(shift).unwrap_or(reset)
+    fn with_counts(&self, knobs: SimConfig) -> SimConfig {
+        SimConfig {
+            fail_first: self.fail_first_left.load(Relaxed),
+            junk_answers: self.junk_left.load(Relaxed),
+            ..knobs
+        }
     }
 
     /// The junk this successful answer carries instead of a review, while any is left.
-    pub(crate) fn take_junk(&self) -> Option<String> {
-        let k = &self.knobs;
-        k.junk_answers
+    pub(crate) fn take_junk(&self, knobs: &SimConfig) -> Option<String> {
+        self.junk_left
             .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
             .ok()?;
-        let bytes = usize::try_from(k.junk_bytes.load(Relaxed)).unwrap_or(usize::MAX);
-        Some(JunkShape::from_u8(k.junk_shape.load(Relaxed)).text(bytes))
+        let bytes = usize::try_from(knobs.junk_bytes).unwrap_or(usize::MAX);
+        Some(knobs.junk_shape.text(bytes))
     }
 
-    pub(crate) fn lang(&self) -> Lang {
-        Lang::from_u8(self.knobs.lang.load(Relaxed))
-    }
-
-    pub(crate) fn mismatch_code(&self) -> MismatchCode {
-        MismatchCode::from_u8(self.knobs.mismatch_code.load(Relaxed))
-    }
-
-    pub(crate) fn shape(&self) -> Shape {
-        Shape::from_u8(self.knobs.shape.load(Relaxed))
-    }
-
-    pub(crate) fn latency_ms(&self) -> (u64, u64) {
-        (self.knobs.latency_ms.load(Relaxed), self.knobs.jitter_ms.load(Relaxed))
-    }
-
-    pub(crate) fn fail_rate_5xx(&self) -> f64 {
-        f64::from_bits(self.knobs.fail_rate_5xx.load(Relaxed))
-    }
-
-    pub(crate) fn fail_rate_1305(&self) -> f64 {
-        f64::from_bits(self.knobs.fail_rate_1305.load(Relaxed))
-    }
-
-    pub(crate) fn garbage_rate(&self) -> f64 {
-        f64::from_bits(self.knobs.garbage_rate.load(Relaxed))
-    }
-
-    /// The code this call must fail with, while the first `fail_first` calls are not used up.
-    pub(crate) fn take_forced_failure(&self) -> Option<u16> {
-        let limit = self.knobs.fail_first.load(Relaxed);
-        if limit == 0 {
-            return None;
-        }
-        let seen = self.fail_first_seen.fetch_add(1, Relaxed);
-        (seen < limit).then(|| self.knobs.fail_first_code.load(Relaxed))
-    }
-
-    /// The reset time a forced 1308/1310 reports: the configured window from `now`, or Z.AI's
-    /// own lengths (5 hours, a week) when none is configured.
-    pub(crate) fn forced_reset(&self, code: u16, now: DateTime<Utc>) -> DateTime<Utc> {
-        let (secs, default) = match code {
-            1310 => (self.knobs.weekly_secs.load(Relaxed), 7 * 86_400),
-            _ => (self.knobs.window_secs.load(Relaxed), 5 * 3_600),
-        };
-        reset_after(now, if secs == 0 { default } else { secs })
+    /// Whether this call is one of the first `fail_first`, which must fail.
+    pub(crate) fn take_forced_failure(&self) -> bool {
+        self.fail_first_left
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// Turn of the rotating answer shape.
@@ -517,7 +305,7 @@ impl SimState {
     pub(crate) fn enter_chat(self: &Arc<Self>) -> (InFlight, u64) {
         self.requests.fetch_add(1, Relaxed);
         let seq = self.chat_requests.fetch_add(1, Relaxed);
-        let now = self.in_flight.fetch_add(1, Relaxed) + 1;
+        let now = self.in_flight.fetch_add(1, Relaxed).saturating_add(1);
         self.peak_in_flight.fetch_max(now, Relaxed);
         (InFlight(Arc::clone(self), Counter::InFlight), seq)
     }
@@ -529,11 +317,10 @@ impl SimState {
     /// A serving slot under the concurrency cap, or `None` when `max_concurrency` calls are
     /// already being served. Only admitted calls hold a slot, so a burst of rejected calls can't
     /// make a lone legitimate one look like the (N+1)th.
-    pub(crate) fn try_serve(self: &Arc<Self>) -> Option<InFlight> {
-        let cap = self.knobs.max_concurrency.load(Relaxed);
+    pub(crate) fn try_serve(self: &Arc<Self>, cap: u64) -> Option<InFlight> {
         let admitted = self
             .serving
-            .fetch_update(Relaxed, Relaxed, |n| (cap == 0 || n < cap).then_some(n + 1))
+            .fetch_update(Relaxed, Relaxed, |n| (cap == 0 || n < cap).then(|| n.saturating_add(1)))
             .is_ok();
         admitted.then(|| InFlight(Arc::clone(self), Counter::Serving))
     }
@@ -544,10 +331,14 @@ impl SimState {
     /// closing it at its reset. When both have room, `succeeds` decides whether this call will
     /// answer 200, and only then is it counted against the windows: failed calls cost nothing,
     /// as on Z.AI.
-    pub(crate) fn admit(&self, now: DateTime<Utc>, succeeds: impl FnOnce() -> bool) -> Result<bool, QuotaExhausted> {
-        let k = &self.knobs;
-        let weekly = (k.weekly_calls.load(Relaxed), k.weekly_secs.load(Relaxed));
-        let five_hour = (k.window_calls.load(Relaxed), k.window_secs.load(Relaxed));
+    pub(crate) fn admit(
+        &self,
+        knobs: &SimConfig,
+        now: DateTime<Utc>,
+        succeeds: impl FnOnce() -> bool,
+    ) -> Result<bool, QuotaExhausted> {
+        let weekly = (knobs.weekly_calls, knobs.weekly_secs);
+        let five_hour = (knobs.window_calls, knobs.window_secs);
         if weekly.0 == 0 && five_hour.0 == 0 {
             return Ok(succeeds());
         }
@@ -582,7 +373,7 @@ impl SimState {
         let ok = succeeds();
         if ok {
             for window in open {
-                window.calls += 1;
+                window.calls = window.calls.saturating_add(1);
             }
         }
         Ok(ok)
@@ -614,11 +405,29 @@ impl SimState {
         self.requests.store(0, Relaxed);
         self.chat_requests.store(0, Relaxed);
         self.peak_in_flight.store(self.in_flight.load(Relaxed), Relaxed);
-        self.fail_first_seen.store(0, Relaxed);
+        self.fail_first_left.store(read(&self.knobs).fail_first, Relaxed);
         self.shape_turn.store(0, Relaxed);
         self.answers.clear();
         self.chat_answers.clear();
         *lock(&self.quota) = Quota::default();
+    }
+}
+
+impl SimConfig {
+    /// The reset time a quota message gives for a window that closes at `reset`.
+    pub(crate) fn announced_reset(&self, reset: DateTime<Utc>) -> DateTime<Utc> {
+        let shift = TimeDelta::try_seconds(self.reset_shift_secs).unwrap_or_default();
+        reset.checked_add_signed(shift).unwrap_or(reset)
+    }
+
+    /// The reset time a forced 1308/1310 reports: the configured window from `now`, or Z.AI's
+    /// own lengths (5 hours, a week) when none is configured.
+    pub(crate) fn forced_reset(&self, code: u16, now: DateTime<Utc>) -> DateTime<Utc> {
+        let (secs, default) = match code {
+            1310 => (self.weekly_secs, ONE_WEEK),
+            _ => (self.window_secs, FIVE_HOURS),
+        };
+        reset_after(now, if secs == 0 { default } else { secs })
     }
 }
 
@@ -627,8 +436,12 @@ impl SimState {
 fn reset_after(now: DateTime<Utc>, secs: u64) -> DateTime<Utc> {
     // A century is "never" for a test run, and keeps the date arithmetic far from overflow.
     let secs = i64::try_from(secs).unwrap_or(i64::MAX).min(100 * 366 * 86_400);
-    let end = now + TimeDelta::try_seconds(secs).unwrap_or_default();
-    let whole = end.timestamp() + i64::from(end.timestamp_subsec_nanos() > 0);
+    let end = now
+        .checked_add_signed(TimeDelta::try_seconds(secs).unwrap_or_default())
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let whole = end
+        .timestamp()
+        .saturating_add(i64::from(end.timestamp_subsec_nanos() > 0));
     DateTime::from_timestamp(whole, 0).unwrap_or(end)
 }
 
@@ -665,17 +478,60 @@ mod tests {
 
     #[test]
     fn the_window_counts_only_successful_calls() {
-        let args = SimArgs {
+        let args = SimArgs::from(SimConfig {
             window_calls: 1,
             window_secs: 60,
-            ..SimArgs::default()
-        };
+            ..SimConfig::default()
+        });
         let state = SimState::new(&args);
+        let knobs = state.config();
         let now = Utc::now();
-        assert!(matches!(state.admit(now, || false), Ok(false)));
-        assert!(matches!(state.admit(now, || true), Ok(true)));
-        let refused = state.admit(now, || true);
+        assert!(matches!(state.admit(&knobs, now, || false), Ok(false)));
+        assert!(matches!(state.admit(&knobs, now, || true), Ok(true)));
+        let refused = state.admit(&knobs, now, || true);
         assert!(matches!(refused, Err(QuotaExhausted { code: 1308, .. })));
+    }
+
+    #[test]
+    fn fail_first_counts_down_restarts_on_a_reset_and_keeps_running_through_other_changes() {
+        let state = SimState::new(&SimArgs::from(SimConfig {
+            fail_first: 2,
+            ..SimConfig::default()
+        }));
+        assert!(state.take_forced_failure());
+        assert_eq!(state.config().fail_first, 1, "it reads back as how many are left");
+        let Ok(()) = state.configure(|c| {
+            c.latency_ms = 5;
+            Ok::<(), std::convert::Infallible>(())
+        });
+        assert!(state.take_forced_failure(), "changing another knob does not restart it");
+        assert!(!state.take_forced_failure());
+        state.reset();
+        assert_eq!(state.config().fail_first, 2, "a reset starts it again");
+        let Ok(()) = state.configure(|c| {
+            c.fail_first = 1;
+            Ok::<(), std::convert::Infallible>(())
+        });
+        assert!(state.take_forced_failure() && !state.take_forced_failure());
+        state.reset();
+        assert_eq!(
+            state.config().fail_first,
+            1,
+            "a reset starts again from the last value set"
+        );
+    }
+
+    #[test]
+    fn a_control_body_sets_only_the_knobs_it_names_and_refuses_unknown_ones() {
+        let knobs = SimConfig::default();
+        let patch = |json: serde_json::Value| match json {
+            serde_json::Value::Object(map) => knobs.patched(map),
+            _ => Err(serde::de::Error::custom("not an object")),
+        };
+        let patched = patch(serde_json::json!({"latency_ms": 7, "jitter_ms": null})).unwrap();
+        assert_eq!(patched, SimConfig { latency_ms: 7, ..knobs });
+        assert!(patch(serde_json::json!({"latency": 7})).is_err());
+        assert!(patch(serde_json::json!({"latency_ms": "soon"})).is_err());
     }
 
     #[test]

@@ -216,10 +216,10 @@ async fn a_key_of_the_other_plan_gets_the_uncoded_401_by_default() -> TestResult
 
 #[tokio::test]
 async fn a_key_of_the_other_plan_gets_429_code_1113_in_that_mode() -> TestResult {
-    let args = SimArgs {
+    let args = SimArgs::from(SimConfig {
         mismatch_code: MismatchCode::InsufficientBalance,
-        ..SimArgs::default()
-    };
+        ..SimConfig::default()
+    });
     let (sim, client) = spawn(args).await?;
     let (status, body) = get(
         &client,
@@ -261,10 +261,7 @@ async fn an_unknown_model_gets_code_1211_in_either_language() -> TestResult {
         body,
         json!({"error": {"code": "1211", "message": "Unknown Model, please check the model code."}})
     );
-    sim.configure(SimConfig {
-        lang: Some(Lang::Zh),
-        ..SimConfig::default()
-    });
+    sim.configure(|c| c.lang = Lang::Zh);
     let (_, body) = chat(&sim, &client, &chat_body("gpt-4o", "hi")).await?;
     assert_eq!(
         body,
@@ -345,10 +342,10 @@ async fn each_fixed_shape_carries_the_same_review() -> TestResult {
         (Shape::Fenced, "fenced"),
         (Shape::Tool, "tool"),
     ] {
-        let (sim, client) = spawn(SimArgs {
+        let (sim, client) = spawn(SimArgs::from(SimConfig {
             shape,
-            ..SimArgs::default()
-        })
+            ..SimConfig::default()
+        }))
         .await?;
         for _ in 0..2 {
             let (_, answer) = chat(&sim, &client, &chat_body(MODEL, &smelly_diff())).await?;
@@ -362,10 +359,10 @@ async fn each_fixed_shape_carries_the_same_review() -> TestResult {
 
 #[tokio::test]
 async fn a_repair_request_gets_plain_json_without_reasoning_when_thinking_is_disabled() -> TestResult {
-    let (sim, client) = spawn(SimArgs {
+    let (sim, client) = spawn(SimArgs::from(SimConfig {
         shape: Shape::Tool,
-        ..SimArgs::default()
-    })
+        ..SimConfig::default()
+    }))
     .await?;
     let body = json!({
         "model": "glm-4.5-air",
@@ -387,10 +384,10 @@ async fn a_repair_request_gets_plain_json_without_reasoning_when_thinking_is_dis
 
 #[tokio::test]
 async fn a_clean_or_missing_diff_gets_no_issues() -> TestResult {
-    let (sim, client) = spawn(SimArgs {
+    let (sim, client) = spawn(SimArgs::from(SimConfig {
         shape: Shape::Plain,
-        ..SimArgs::default()
-    })
+        ..SimConfig::default()
+    }))
     .await?;
     let clean = render(&[("a.rs", "modified", &[(Some(3), '+', "let x = 1;")])]);
     for prompt in [clean.as_str(), "ping"] {
@@ -403,10 +400,10 @@ async fn a_clean_or_missing_diff_gets_no_issues() -> TestResult {
 
 #[tokio::test]
 async fn garbage_answers_are_not_json() -> TestResult {
-    let (sim, client) = spawn(SimArgs {
+    let (sim, client) = spawn(SimArgs::from(SimConfig {
         garbage_rate: 1.0,
-        ..SimArgs::default()
-    })
+        ..SimConfig::default()
+    }))
     .await?;
     let (status, answer) = chat(&sim, &client, &chat_body(MODEL, &smelly_diff())).await?;
     assert_eq!(status, StatusCode::OK);
@@ -417,11 +414,11 @@ async fn garbage_answers_are_not_json() -> TestResult {
 
 #[tokio::test]
 async fn the_concurrency_cap_answers_1302_and_peak_in_flight_counts_every_call() -> TestResult {
-    let (sim, client) = spawn(SimArgs {
+    let (sim, client) = spawn(SimArgs::from(SimConfig {
         max_concurrency: 1,
         latency_ms: 300,
-        ..SimArgs::default()
-    })
+        ..SimConfig::default()
+    }))
     .await?;
     let body = chat_body(MODEL, "hi");
     let slow = chat(&sim, &client, &body);
@@ -450,11 +447,11 @@ async fn the_concurrency_cap_answers_1302_and_peak_in_flight_counts_every_call()
 
 #[tokio::test]
 async fn the_five_hour_window_answers_1308_until_its_utc8_reset_time() -> TestResult {
-    let (sim, client) = spawn(SimArgs {
+    let (sim, client) = spawn(SimArgs::from(SimConfig {
         window_calls: 2,
         window_secs: 1,
-        ..SimArgs::default()
-    })
+        ..SimConfig::default()
+    }))
     .await?;
     let body = chat_body(MODEL, "hi");
     let before = Utc::now();
@@ -486,11 +483,11 @@ async fn the_five_hour_window_answers_1308_until_its_utc8_reset_time() -> TestRe
 
 #[tokio::test]
 async fn the_weekly_window_answers_1310_and_is_checked_first() -> TestResult {
-    let (sim, client) = spawn(SimArgs {
+    let (sim, client) = spawn(SimArgs::from(SimConfig {
         weekly_calls: 1,
         window_calls: 1,
-        ..SimArgs::default()
-    })
+        ..SimConfig::default()
+    }))
     .await?;
     let body = chat_body(MODEL, "hi");
     assert_eq!(chat(&sim, &client, &body).await?.0, StatusCode::OK);
@@ -513,11 +510,11 @@ async fn the_weekly_window_answers_1310_and_is_checked_first() -> TestResult {
 
 #[tokio::test]
 async fn chinese_messages_follow_the_reference_with_the_reset_time() -> TestResult {
-    let (sim, client) = spawn(SimArgs {
+    let (sim, client) = spawn(SimArgs::from(SimConfig {
         lang: Lang::Zh,
         window_calls: 1,
-        ..SimArgs::default()
-    })
+        ..SimConfig::default()
+    }))
     .await?;
     let body = chat_body(MODEL, "hi");
     assert_eq!(chat(&sim, &client, &body).await?.0, StatusCode::OK);
@@ -531,10 +528,7 @@ async fn chinese_messages_follow_the_reference_with_the_reset_time() -> TestResu
     let reset = reset_time(message)?;
     assert!((reset - Utc::now() - chrono::TimeDelta::hours(5)).num_seconds().abs() <= 2);
 
-    sim.configure(SimConfig {
-        weekly_calls: Some(1),
-        ..SimConfig::default()
-    });
+    sim.configure(|c| c.weekly_calls = 1);
     sim.reset();
     assert_eq!(chat(&sim, &client, &body).await?.0, StatusCode::OK);
     let (_, answer) = chat(&sim, &client, &body).await?;
@@ -549,11 +543,11 @@ async fn chinese_messages_follow_the_reference_with_the_reset_time() -> TestResu
 
 #[tokio::test]
 async fn fail_first_fails_the_first_calls_with_the_chosen_code() -> TestResult {
-    let (sim, client) = spawn(SimArgs {
+    let (sim, client) = spawn(SimArgs::from(SimConfig {
         fail_first: 2,
         fail_first_code: 1305,
-        ..SimArgs::default()
-    })
+        ..SimConfig::default()
+    }))
     .await?;
     let body = chat_body(MODEL, "hi");
     for _ in 0..2 {
@@ -565,10 +559,9 @@ async fn fail_first_fails_the_first_calls_with_the_chosen_code() -> TestResult {
     }
     assert_eq!(chat(&sim, &client, &body).await?.0, StatusCode::OK);
 
-    sim.configure(SimConfig {
-        fail_first: Some(1),
-        fail_first_code: Some(503),
-        ..SimConfig::default()
+    sim.configure(|c| {
+        c.fail_first = 1;
+        c.fail_first_code = 503;
     });
     let (status, answer) = chat(&sim, &client, &body).await?;
     assert_eq!(
@@ -578,10 +571,9 @@ async fn fail_first_fails_the_first_calls_with_the_chosen_code() -> TestResult {
     assert!(answer["error"]["message"].is_string());
     assert_eq!(chat(&sim, &client, &body).await?.0, StatusCode::OK);
 
-    sim.configure(SimConfig {
-        fail_first: Some(1),
-        fail_first_code: Some(1308),
-        ..SimConfig::default()
+    sim.configure(|c| {
+        c.fail_first = 1;
+        c.fail_first_code = 1308;
     });
     let (_, answer) = chat(&sim, &client, &body).await?;
     assert_eq!(code_of(&answer), Some("1308"));
@@ -597,12 +589,12 @@ async fn fail_first_fails_the_first_calls_with_the_chosen_code() -> TestResult {
 
 #[tokio::test]
 async fn a_reset_shift_puts_the_announced_reset_in_the_past_but_keeps_the_window() -> TestResult {
-    let (sim, client) = spawn(SimArgs {
+    let (sim, client) = spawn(SimArgs::from(SimConfig {
         window_calls: 1,
         window_secs: 600,
         reset_shift_secs: -3600,
-        ..SimArgs::default()
-    })
+        ..SimConfig::default()
+    }))
     .await?;
     let body = chat_body(MODEL, "hi");
     assert_eq!(chat(&sim, &client, &body).await?.0, StatusCode::OK);
@@ -616,11 +608,10 @@ async fn a_reset_shift_puts_the_announced_reset_in_the_past_but_keeps_the_window
     let (status, _) = chat(&sim, &client, &body).await?;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "the window itself still runs");
 
-    sim.configure(SimConfig {
-        fail_first: Some(1),
-        fail_first_code: Some(1310),
-        weekly_secs: Some(60),
-        ..SimConfig::default()
+    sim.configure(|c| {
+        c.fail_first = 1;
+        c.fail_first_code = 1310;
+        c.weekly_secs = 60;
     });
     let (_, answer) = chat(&sim, &client, &body).await?;
     assert_eq!(code_of(&answer), Some("1310"));
@@ -630,13 +621,13 @@ async fn a_reset_shift_puts_the_announced_reset_in_the_past_but_keeps_the_window
 
 #[tokio::test]
 async fn junk_answers_replace_the_next_answers_and_then_stop() -> TestResult {
-    let (sim, client) = spawn(SimArgs {
+    let (sim, client) = spawn(SimArgs::from(SimConfig {
         junk_answers: 2,
         junk_shape: JunkShape::Nested,
         junk_bytes: 1000,
         shape: Shape::Plain,
-        ..SimArgs::default()
-    })
+        ..SimConfig::default()
+    }))
     .await?;
     let body = chat_body(MODEL, &smelly_diff());
     for _ in 0..2 {
@@ -646,7 +637,11 @@ async fn junk_answers_replace_the_next_answers_and_then_stop() -> TestResult {
         assert_eq!(content.len(), 1000);
         assert!(content.starts_with("{\"a\":[{\"a\":["), "{content}");
     }
-    assert_eq!(sim.config().junk_answers, Some(0));
+    assert_eq!(
+        sim.config().junk_answers,
+        0,
+        "junk_answers reads back as how many are left"
+    );
     let (_, answer) = chat(&sim, &client, &body).await?;
     assert_expected_suggestions(&review_of(&answer)?.1);
 
@@ -658,10 +653,10 @@ async fn junk_answers_replace_the_next_answers_and_then_stop() -> TestResult {
 
 #[tokio::test]
 async fn a_certain_5xx_rate_fails_every_call_with_500_or_503() -> TestResult {
-    let (sim, client) = spawn(SimArgs {
+    let (sim, client) = spawn(SimArgs::from(SimConfig {
         fail_rate_5xx: 1.0,
-        ..SimArgs::default()
-    })
+        ..SimConfig::default()
+    }))
     .await?;
     for _ in 0..8 {
         let (status, answer) = chat(&sim, &client, &chat_body(MODEL, "hi")).await?;
@@ -733,9 +728,14 @@ async fn stats_config_and_reset_work_over_http() -> TestResult {
         .await?
         .json()
         .await?;
-    assert_eq!(config.max_concurrency, Some(3));
-    assert_eq!(config.fail_first_code, Some(1302));
-    assert_eq!(config.mismatch_code, Some(MismatchCode::InsufficientBalance));
+    assert_eq!(config.max_concurrency, 3);
+    assert_eq!(config.fail_first_code, 1302);
+    assert_eq!(config.mismatch_code, MismatchCode::InsufficientBalance);
+    assert_eq!(
+        config.window_secs,
+        SimConfig::default().window_secs,
+        "knobs not named stay"
+    );
     assert_eq!(sim.config(), config);
     let bad = client
         .post(format!("{root}/_sim/config"))
@@ -758,6 +758,28 @@ async fn dropping_the_handle_stops_the_server() -> TestResult {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(Client::new().get(&url).send().await.is_err());
     Ok(())
+}
+
+#[test]
+fn the_defaults_are_the_documented_ones() {
+    let args = SimArgs::default();
+    assert_eq!(args.listen.to_string(), "127.0.0.1:4010");
+    assert_eq!(
+        (args.coding_keys.as_slice(), args.seed),
+        ([CODING_KEY.to_owned()].as_slice(), 1)
+    );
+    let config = args.config;
+    assert_eq!(config, SimConfig::default());
+    assert_eq!(
+        (
+            config.window_secs,
+            config.weekly_secs,
+            config.fail_first_code,
+            config.junk_bytes
+        ),
+        (5 * 3_600, 7 * 86_400, 500, 1 << 20)
+    );
+    assert_eq!((config.lang, config.shape), (Lang::En, Shape::Rotate));
 }
 
 #[test]
@@ -786,11 +808,11 @@ fn the_flag_defaults_match_default() -> TestResult {
         "--junk-shape",
         "escaped",
     ])?;
-    assert_eq!(parsed.sim.reset_shift_secs, -3600);
-    assert_eq!(parsed.sim.junk_shape, JunkShape::Escaped);
+    assert_eq!(parsed.sim.config.reset_shift_secs, -3600);
+    assert_eq!(parsed.sim.config.junk_shape, JunkShape::Escaped);
     assert_eq!(parsed.sim.coding_keys, ["a", "b"]);
-    assert_eq!(parsed.sim.mismatch_code, MismatchCode::InsufficientBalance);
-    assert_eq!(parsed.sim.fail_first_code, 1308);
+    assert_eq!(parsed.sim.config.mismatch_code, MismatchCode::InsufficientBalance);
+    assert_eq!(parsed.sim.config.fail_first_code, 1308);
     assert!(<Cli as clap::Parser>::try_parse_from(["sim", "--garbage-rate", "1.5"]).is_err());
     Ok(())
 }
