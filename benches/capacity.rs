@@ -8,6 +8,12 @@
 //! `cargo bench --bench capacity` (`scripts/bench.sh capacity` starts a RabbitMQ if needed).
 //! Options: `--runs N` (3).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    reason = "test and benchmark code: a panic is a failed run"
+)]
 #![allow(clippy::print_stdout, reason = "a benchmark prints its figures")]
 
 mod common;

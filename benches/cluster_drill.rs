@@ -50,6 +50,12 @@
 //! deleted; the replicas' logs, in `$TMPDIR/cluster-drill-NAMESPACE/`, are kept when the scenario
 //! fails, and always for (d).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    reason = "test and benchmark code: a panic is a failed run"
+)]
 #![allow(clippy::print_stdout, reason = "a benchmark prints its figures")]
 
 mod common;

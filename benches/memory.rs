@@ -14,6 +14,12 @@
 //! starts one). Options: `--body-mib N` (15), `--jobs N` (2000), `--concurrency N` (64), and
 //! `--bin PATH` to measure another build of the worker (e.g. the previous commit's).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    reason = "test and benchmark code: a panic is a failed run"
+)]
 #![allow(clippy::print_stdout, reason = "a benchmark prints its figures")]
 
 mod common;

@@ -6,6 +6,12 @@
 //! starts one). Options: `--jobs N` (2000), `--concurrency N` (64), `--runs N` (3), `--bin PATH`
 //! to measure another build of the worker.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    reason = "test and benchmark code: a panic is a failed run"
+)]
 #![allow(clippy::print_stdout, reason = "a benchmark prints its figures")]
 
 mod common;

@@ -29,6 +29,16 @@
 //! - [`submit`]: publishing jobs like the API does; waiting for results.
 //! - [`cli`], [`shutdown`]: the command line and the process's signals.
 
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::arithmetic_side_effects,
+        clippy::cast_possible_truncation,
+        reason = "in tests a panic is a failed test"
+    )
+)]
+
 pub mod app;
 pub(crate) mod blocking;
 pub mod broker;

@@ -3,6 +3,13 @@
 //! is still reviewed, nothing is left unacknowledged, and no provider call is spent where none
 //! can help.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    reason = "test and benchmark code: a panic is a failed run"
+)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,6 +1,13 @@
 //! The broker's health comes from lapin's events, not from polling: a failure of the publishing
 //! channel wakes `until_unusable` at once, a failure of another channel leaves the broker usable.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    reason = "test and benchmark code: a panic is a failed run"
+)]
+
 use std::time::Duration;
 
 use lapin::BasicProperties;

@@ -2,6 +2,13 @@
 //! the provider, no call into a paused window, with real worker processes against a real
 //! RabbitMQ and the simulator.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    reason = "test and benchmark code: a panic is a failed run"
+)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,6 +1,13 @@
 //! The plan's limits across replicas: the deployment-wide cap, quota windows, account problems and
 //! the fallback, with real worker processes against a real RabbitMQ and the simulator.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    reason = "test and benchmark code: a panic is a failed run"
+)]
+
 mod common;
 
 use std::time::Duration;

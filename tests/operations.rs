@@ -1,6 +1,13 @@
 //! Operating the worker: `check`, readiness, metrics, graceful shutdown, broker restarts and what
 //! the logs say (and never say).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    reason = "test and benchmark code: a panic is a failed run"
+)]
+
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,13 @@
 //! the broker refuses. Each goes through RabbitMQ to a running worker, which must stay alive,
 //! review a normal job published after it, and leave nothing unacked.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    reason = "test and benchmark code: a panic is a failed run"
+)]
+
 mod common;
 
 use std::time::Duration;

@@ -3,6 +3,13 @@
 //! code nobody knows. Each time the worker stays up, the next job is still reviewed, the provider
 //! is not hammered, and nothing is left unacked or waiting.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    reason = "test and benchmark code: a panic is a failed run"
+)]
+
 mod common;
 
 use std::time::Duration;

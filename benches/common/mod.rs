@@ -1,6 +1,12 @@
 //! What the benchmarks share: a namespace of their own on the broker, preloading jobs, timing
 //! results, the worker's peak RSS.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    reason = "test and benchmark code: a panic is a failed run"
+)]
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,12 @@
 //! Test helpers: every test gets a world of its own (a broker namespace nobody else uses and a
 //! simulator), so tests run in parallel against one real RabbitMQ.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    reason = "test and benchmark code: a panic is a failed run"
+)]
 #![allow(dead_code, unreachable_pub)]
 
 use std::sync::LazyLock;

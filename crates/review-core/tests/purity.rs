@@ -1,6 +1,13 @@
 //! The core crate stays pure: what it is built from, checked on the real dependency graph.
 //! A `use tokio::…` would not compile without the dependency, so the graph is the whole check.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    reason = "test and benchmark code: a panic is a failed run"
+)]
+
 use std::process::Command;
 
 /// Crates that would bring networking, the broker or an async runtime into the pipeline.

@@ -13,6 +13,16 @@
 //!
 //! Answers are never streamed: `"stream": true` is ignored.
 
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::arithmetic_side_effects,
+        clippy::cast_possible_truncation,
+        reason = "in tests a panic is a failed test"
+    )
+)]
+
 mod chat;
 mod config;
 mod errors;
