@@ -19,7 +19,8 @@
 //! - [`fate`]: the decision table: what happens to a job (review, publish, hop, wait, dead-letter).
 //! - [`coordination`]: the deployment-wide side: one leader calls the provider (a quorum queue's
 //!   token); the pause log (a stream) every replica reads before it may lead; replica identity.
-//! - [`broker`]: topology, confirmed publishing, dead letters, delay tiers.
+//! - [`broker`]: topology, confirmed publishing, dead letters, delay tiers; health from lapin's
+//!   connection events.
 //! - [`worker`]: one delivery step and the consume loop with graceful shutdown.
 //! - [`app`]: builds the worker from settings; `run(settings, shutdown)`; reconnects, round-robin
 //!   over the brokers of `API_RABBITMQ_URI`, with jittered backoff.
