@@ -473,6 +473,13 @@ impl Executor {
         }
     }
 
+    /// When the next probe of a lane paused for an account problem is due, if any is.
+    pub(crate) fn next_probe_at(&self) -> Option<DateTime<Utc>> {
+        self.lanes()
+            .filter_map(|lane| lane.pause.current().filter(|p| p.needs_probe).map(|p| p.until))
+            .min()
+    }
+
     /// Re-probes lanes paused for an account problem whose next probe is due; resumes a lane
     /// whose probe succeeds. Returns how many lanes are still waiting for a probe.
     pub(crate) async fn probe_paused(&self) -> usize {

@@ -421,9 +421,16 @@ impl Worker {
         ended
     }
 
-    /// Returns once some lane can take a job, probing lanes paused for account problems.
+    /// Returns once some lane can take a job, probing lanes paused for account problems. It
+    /// sleeps until something can change: a pause ends (its lane's timer, a probe, the pause
+    /// log) or the next probe is due.
     async fn wait_for_usable_lane(&self) {
+        let mut changes: Vec<_> = self.executor.lanes().map(|l| l.pause.subscribe()).collect();
         loop {
+            // Marked seen before the check, so a change after it wakes the wait below.
+            changes.iter_mut().for_each(|rx| {
+                rx.borrow_and_update();
+            });
             if let Ok(lane) = self.executor.active_lane() {
                 let (provider, model) = (lane.provider.name(), lane.provider.model());
                 info!(
@@ -435,9 +442,25 @@ impl Worker {
                 return;
             }
             self.executor.probe_paused().await;
-            // Time-bound pauses end by the clock; a second is fine-grained enough against
-            // reset times that have one-second precision and a margin on top.
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            let probe_due = async {
+                match self.executor.next_probe_at() {
+                    Some(at) => {
+                        tokio::time::sleep(at.signed_duration_since(Utc::now()).to_std().unwrap_or_default()).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let changed = futures_util::future::select_all(changes.iter_mut().map(|rx| Box::pin(rx.changed())));
+            tokio::select! {
+                (result, _, _) = changed => {
+                    // The lanes own the senders and outlive this worker; should one go, fall
+                    // back to checking once a second rather than spinning.
+                    if result.is_err() {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                () = probe_due => {}
+            }
         }
     }
 

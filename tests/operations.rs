@@ -12,7 +12,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PrivateNode, World, eventually, free_port, job};
+use common::{PrivateNode, World, eventually, eventually_some, free_port, job};
 use zai_sim::{SimArgs, SimConfig, SimHandle, SimKeys};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -103,12 +103,14 @@ async fn readiness_shows_leader_and_standby_and_metrics_count_the_work() {
         world.publish_job(&job(&format!("metrics-{i}"))).await;
     }
     world.results(3, WAIT).await;
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", first.health_port))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // A job is counted when it is settled, a moment after its result is out.
+    let url = format!("http://127.0.0.1:{}/metrics", first.health_port);
+    let metrics = eventually_some(WAIT, "/metrics counting 3 completed jobs, none in flight", async || {
+        let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+        (text.contains("review_jobs_total{outcome=\"completed\"} 3") && text.contains("review_in_flight 0"))
+            .then_some(text)
+    })
+    .await;
     for expected in [
         "review_jobs_total{outcome=\"completed\"} 3",
         "review_effective_cap{lane=\"main\"} 1",
