@@ -6,7 +6,7 @@ use std::cmp::Reverse;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
-use crate::diff::{FileDiff, FileStatus, TextSize, header_size, hunk_size, rendered_size};
+use crate::diff::{FileDiff, FileStatus, LineKind, TextSize, header_size, hunk_size, rendered_size};
 
 /// A deliberately high estimate of how many tokens `text` costs: a third of its ASCII characters
 /// (rounded up) plus one per other character.
@@ -211,9 +211,13 @@ pub struct Fitted<'a> {
 ///
 /// Skippable files are dropped. The rest are ranked so that the most reviewable code comes first
 /// (source code, then tests, then config and build files, then docs, then anything else; within
-/// a class more added lines first; ties by path) and taken in that order while their rendering
-/// fits. A file that does not fit whole keeps its leading hunks that do (hunks are never split);
-/// a file of which no hunk fits is left out. Later, smaller files still get their chance.
+/// a class more added lines first; ties by path), and the budget is shared fairly: every file
+/// gets up to the same share (the largest share for which all files' costs, each counted up to
+/// it, fit the budget), so a file smaller than the share goes in whole and no single huge file
+/// can starve the small ones. A file larger than the share is clipped to its most reviewable
+/// whole hunks (most added lines first; hunks are never split, and keep their order in the
+/// prompt). What the shares leave unused goes, in rank order, to the clipped files' next hunks.
+/// A file of which no hunk fits is left out.
 pub fn fit<'a>(files: Vec<FileDiff<'a>>, ignore: &GlobSet, budget_tokens: usize) -> Fitted<'a> {
     let mut fitted = Fitted::default();
     let mut candidates = Vec::with_capacity(files.len());
@@ -232,42 +236,116 @@ pub fn fit<'a>(files: Vec<FileDiff<'a>>, ignore: &GlobSet, budget_tokens: usize)
         )
     });
 
-    for mut file in candidates {
-        let left = budget_tokens.saturating_sub(fitted.estimated_tokens);
-        let whole = tokens(rendered_size(&file));
-        if whole <= left {
-            // At most the budget: `whole` fits in what is left of it.
-            fitted.estimated_tokens = fitted.estimated_tokens.saturating_add(whole);
-            fitted.files.push(file);
-            continue;
+    let costs: Vec<usize> = candidates.iter().map(|file| tokens(rendered_size(file))).collect();
+    let share = fair_share(&costs, budget_tokens);
+    let mut picks: Vec<Pick> = candidates
+        .iter()
+        .zip(&costs)
+        .map(|(file, &cost)| {
+            if cost <= share {
+                Pick::whole(file, cost)
+            } else {
+                Pick::clipped(file, share)
+            }
+        })
+        .collect();
+    // The shares add up to at most the budget; what they leave goes to clipped files in rank order.
+    let mut left = budget_tokens.saturating_sub(picks.iter().map(|pick| pick.cost).sum());
+    for (pick, file) in picks.iter_mut().zip(&candidates) {
+        if left == 0 {
+            break;
         }
-        fitted.truncated = true;
-        let (kept, cost) = leading_hunks_that_fit(&file, left);
-        if kept == 0 {
+        if pick.clipped {
+            let before = pick.cost;
+            pick.extend(file, before.saturating_add(left));
+            left = left.saturating_sub(pick.cost.saturating_sub(before));
+        }
+    }
+
+    for (mut file, pick) in candidates.into_iter().zip(picks) {
+        if pick.clipped {
+            fitted.truncated = true;
+        }
+        if !pick.kept.iter().any(|&kept| kept) {
             fitted.skipped_files.push(file.path.into_owned());
             continue;
         }
-        file.hunks.truncate(kept);
-        fitted.estimated_tokens = fitted.estimated_tokens.saturating_add(cost);
+        if pick.clipped {
+            let mut kept = pick.kept.iter();
+            file.hunks.retain(|_| kept.next().copied().unwrap_or(false));
+        }
+        fitted.estimated_tokens = fitted.estimated_tokens.saturating_add(pick.cost);
         fitted.files.push(file);
     }
     fitted
 }
 
-/// How many of the file's first hunks fit in `budget` tokens together with its header line, and
-/// what the file cut to them costs.
-fn leading_hunks_that_fit(file: &FileDiff<'_>, budget: usize) -> (usize, usize) {
-    let mut size = header_size(file);
-    let mut kept = 0_usize;
-    for hunk in &file.hunks {
-        let next = size.add(hunk_size(hunk));
-        if tokens(next) > budget {
-            break;
+/// The largest share `s` such that the costs, each counted up to `s`, add up to at most
+/// `budget` (max-min fairness); `usize::MAX` when everything fits whole.
+fn fair_share(costs: &[usize], budget: usize) -> usize {
+    let mut sorted = costs.to_vec();
+    sorted.sort_unstable();
+    let mut left = budget;
+    let mut files = sorted.len();
+    for cost in sorted {
+        // `files` counts the costs not yet taken, so it is at least one here.
+        let share = left.checked_div(files).unwrap_or(0);
+        if cost > share {
+            return share;
         }
-        size = next;
-        kept = kept.saturating_add(1);
+        left = left.saturating_sub(cost);
+        files = files.saturating_sub(1);
     }
-    (kept, tokens(size))
+    usize::MAX
+}
+
+/// Which hunks of one file go into the prompt, and what the file costs with just those.
+#[derive(Debug)]
+struct Pick {
+    kept: Vec<bool>,
+    size: TextSize,
+    cost: usize,
+    clipped: bool,
+}
+
+impl Pick {
+    fn whole(file: &FileDiff<'_>, cost: usize) -> Self {
+        Self {
+            kept: vec![true; file.hunks.len()],
+            size: rendered_size(file),
+            cost,
+            clipped: false,
+        }
+    }
+
+    /// The file's most reviewable hunks that fit in `allowance` tokens with its header line.
+    fn clipped(file: &FileDiff<'_>, allowance: usize) -> Self {
+        let mut pick = Self {
+            kept: vec![false; file.hunks.len()],
+            size: header_size(file),
+            cost: 0,
+            clipped: true,
+        };
+        pick.extend(file, allowance);
+        pick
+    }
+
+    /// Adds, most added lines first (the earlier hunk on a tie), every hunk not yet kept that
+    /// still fits in `allowance` tokens for the whole file. Costs nothing while no hunk fits.
+    fn extend(&mut self, file: &FileDiff<'_>, allowance: usize) {
+        let mut order: Vec<usize> = (0..file.hunks.len()).filter(|&at| !self.kept[at]).collect();
+        order.sort_by_key(|&at| Reverse(file.hunks[at].lines().filter(|l| l.kind == LineKind::Added).count()));
+        for at in order {
+            let next = self.size.add(hunk_size(&file.hunks[at]));
+            if tokens(next) <= allowance {
+                self.size = next;
+                self.kept[at] = true;
+            }
+        }
+        if self.kept.iter().any(|&kept| kept) {
+            self.cost = tokens(self.size);
+        }
+    }
 }
 
 /// How reviewable a file is by its kind, most reviewable first.
@@ -662,6 +740,79 @@ mod tests {
         assert_eq!(fitted.skipped_files, ["src/huge.rs"]);
         assert!(fitted.truncated);
         assert!(fitted.estimated_tokens <= budget);
+    }
+
+    #[test]
+    fn one_huge_file_does_not_starve_the_small_ones() {
+        // The huge file ranks first (most added lines) and alone costs many times the budget.
+        let chunks: Vec<Vec<String>> = (0..40).map(|_| lines(25)).collect();
+        let hunks = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, texts)| {
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                hunk(u32::try_from(i * 100 + 1).unwrap(), &refs)
+            })
+            .collect();
+        let huge = file("src/huge.rs", hunks);
+        let small: Vec<FileDiff<'static>> = (0..5).map(|i| sized(&format!("src/small_{i}.rs"), 3)).collect();
+        let small_cost: usize = small.iter().map(|f| estimate_tokens(&render_for_prompt(f))).sum();
+        let budget = small_cost * 4;
+        assert!(estimate_tokens(&render_for_prompt(&huge)) > budget * 10);
+
+        let mut files = vec![huge.clone()];
+        files.extend(small.iter().cloned());
+        let fitted = fit(files, &no_ignores(), budget);
+
+        assert!(fitted.truncated);
+        assert!(fitted.skipped_files.is_empty(), "{:?}", fitted.skipped_files);
+        assert_eq!(paths(&fitted.files)[0], "src/huge.rs", "rank order is kept");
+        for small in &small {
+            let shown = fitted.files.iter().find(|f| f.path == small.path).expect("every small file is shown");
+            assert_eq!(shown.hunks, small.hunks, "{} whole", small.path);
+        }
+        let clipped = &fitted.files[0];
+        assert!(!clipped.hunks.is_empty() && clipped.hunks.len() < huge.hunks.len());
+        assert!(fitted.estimated_tokens <= budget);
+        let rendered: usize = fitted.files.iter().map(|f| estimate_tokens(&render_for_prompt(f))).sum();
+        assert_eq!(fitted.estimated_tokens, rendered);
+        // The shares' leftovers went to the clipped file: not even one more hunk would fit.
+        let one_hunk = estimate_tokens(&render_for_prompt(&file("src/huge.rs", vec![huge.hunks[0].clone()])));
+        assert!(budget - fitted.estimated_tokens < one_hunk);
+    }
+
+    #[test]
+    fn a_clipped_file_keeps_its_most_reviewable_hunks_in_their_order() {
+        let (few, many, last) = (lines(2), lines(30), lines(3));
+        fn refs(texts: &[String]) -> Vec<&str> {
+            texts.iter().map(String::as_str).collect()
+        }
+        let big = file(
+            "src/big.rs",
+            vec![hunk(1, &refs(&few)), hunk(100, &refs(&many)), hunk(300, &refs(&last))],
+        );
+        let without_the_few = file("src/big.rs", vec![big.hunks[1].clone(), big.hunks[2].clone()]);
+        let budget = estimate_tokens(&render_for_prompt(&without_the_few));
+
+        let fitted = fit(vec![big.clone()], &no_ignores(), budget);
+        assert!(fitted.truncated);
+        assert_eq!(fitted.files[0].hunks, without_the_few.hunks);
+        assert_eq!(fitted.estimated_tokens, budget);
+    }
+
+    #[test]
+    fn the_fair_share_is_the_largest_that_fits_the_budget() {
+        assert_eq!(fair_share(&[10, 20, 30], 60), usize::MAX, "everything fits");
+        assert_eq!(fair_share(&[10, 100, 100], 70), 30, "10 whole, then 60 shared by two");
+        assert_eq!(fair_share(&[100, 100], 0), 0);
+        assert_eq!(fair_share(&[], 0), usize::MAX);
+        // Costs each counted up to the share never exceed the budget.
+        let costs = [5, 17, 230, 1_000, 3, 44];
+        for budget in [0, 1, 50, 333, 1_298, 1_299, 5_000] {
+            let share = fair_share(&costs, budget);
+            let used: usize = costs.iter().map(|&c| c.min(share)).sum();
+            assert!(used <= budget, "budget {budget}: share {share} uses {used}");
+        }
     }
 
     #[test]
