@@ -6,7 +6,7 @@ use review_core::anchor::anchor;
 use review_core::answer::{parse_answer, repair_instruction};
 use review_core::chat::{ChatAnswer, Message};
 use review_core::classify::ProviderError;
-use review_core::context::{Fitted, build_ignore_set, estimate_tokens, fit};
+use review_core::context::{Fitted, build_ignore_set, estimate_tokens, fit_with_map};
 use review_core::contract::{Job, Suggestion, Usage};
 use review_core::diff::{FileDiff, from_job_files, parse_unified};
 use review_core::models::context_window;
@@ -92,7 +92,7 @@ pub(crate) fn prepare<'a>(job: &'a Job, model: &str) -> Result<Prepared<'a>, Rev
     let frame_tokens: usize = frame.iter().map(|m| estimate_tokens(&m.content)).sum();
     let budget = window.saturating_sub(output_reserve(window).saturating_add(frame_tokens).saturating_add(256));
 
-    let fitted = fit(files, &ignore, budget);
+    let fitted = fit_with_map(files, &ignore, budget);
     let messages = build_messages(job, &fitted);
     Ok(Prepared {
         fitted,

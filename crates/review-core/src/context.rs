@@ -204,6 +204,60 @@ pub struct Fitted<'a> {
     /// The sum of `estimate_tokens(render_for_prompt(file))` over `files`, computed without
     /// rendering anything.
     pub estimated_tokens: usize,
+    /// The map of the whole PR that opens the diff ([`pr_map`]); empty from [`fit`], filled by
+    /// [`fit_with_map`], which pays for it out of the budget first.
+    pub map: String,
+}
+
+/// The most of a diff budget the PR map may take: past it, the map ends with a count of the
+/// files it does not list.
+const MAP_SHARE: usize = 8;
+
+/// A short map of the whole PR: every changed file with its added and removed line counts, in
+/// the diff's order, so the model sees the shape of what it is not shown. At most
+/// `max_tokens`; a map that would be longer lists what fits and counts the rest.
+pub fn pr_map(files: &[FileDiff<'_>], max_tokens: usize) -> String {
+    let removed = |file: &FileDiff<'_>| {
+        file.hunks
+            .iter()
+            .flat_map(|hunk| hunk.lines())
+            .filter(|line| line.kind == LineKind::Removed)
+            .count()
+    };
+    let mut map = format!("Changed files ({}; added and removed lines):\n", files.len());
+    // Room for the closing count line, whose length a file count bounds.
+    let closing_room = 24;
+    for (at, file) in files.iter().enumerate() {
+        let line = format!(
+            "  {} ({}) +{} -{}\n",
+            file.path,
+            file.status.as_str(),
+            file.added_line_count(),
+            removed(file)
+        );
+        if estimate_tokens(&map)
+            .saturating_add(estimate_tokens(&line))
+            .saturating_add(closing_room)
+            > max_tokens
+        {
+            let rest = files.get(at..).unwrap_or_default();
+            let added: usize = rest.iter().map(FileDiff::added_line_count).sum();
+            map.push_str(&format!("  … and {} more file(s), +{added} lines\n", rest.len()));
+            break;
+        }
+        map.push_str(&line);
+    }
+    map
+}
+
+/// [`fit`], with the PR's map ([`pr_map`], at most an eighth of the budget) paid for first.
+pub fn fit_with_map<'a>(files: Vec<FileDiff<'a>>, ignore: &GlobSet, budget_tokens: usize) -> Fitted<'a> {
+    let map = pr_map(&files, budget_tokens / MAP_SHARE);
+    let budget_tokens = budget_tokens.saturating_sub(estimate_tokens(&map));
+    Fitted {
+        map,
+        ..fit(files, ignore, budget_tokens)
+    }
 }
 
 /// Chooses what the prompt shows within `budget_tokens`, the part of the window left for diffs
@@ -768,16 +822,24 @@ mod tests {
         assert!(fitted.skipped_files.is_empty(), "{:?}", fitted.skipped_files);
         assert_eq!(paths(&fitted.files)[0], "src/huge.rs", "rank order is kept");
         for small in &small {
-            let shown = fitted.files.iter().find(|f| f.path == small.path).expect("every small file is shown");
+            let shown = fitted
+                .files
+                .iter()
+                .find(|f| f.path == small.path)
+                .expect("every small file is shown");
             assert_eq!(shown.hunks, small.hunks, "{} whole", small.path);
         }
         let clipped = &fitted.files[0];
         assert!(!clipped.hunks.is_empty() && clipped.hunks.len() < huge.hunks.len());
         assert!(fitted.estimated_tokens <= budget);
-        let rendered: usize = fitted.files.iter().map(|f| estimate_tokens(&render_for_prompt(f))).sum();
+        let rendered: usize = fitted
+            .files
+            .iter()
+            .map(|f| estimate_tokens(&render_for_prompt(f)))
+            .sum();
         assert_eq!(fitted.estimated_tokens, rendered);
         // The shares' leftovers went to the clipped file: not even one more hunk would fit.
-        let one_hunk = estimate_tokens(&render_for_prompt(&file("src/huge.rs", vec![huge.hunks[0].clone()])));
+        let one_hunk = estimate_tokens(&render_for_prompt(&file("src/huge.rs", vec![huge.hunks[0]])));
         assert!(budget - fitted.estimated_tokens < one_hunk);
     }
 
@@ -791,7 +853,7 @@ mod tests {
             "src/big.rs",
             vec![hunk(1, &refs(&few)), hunk(100, &refs(&many)), hunk(300, &refs(&last))],
         );
-        let without_the_few = file("src/big.rs", vec![big.hunks[1].clone(), big.hunks[2].clone()]);
+        let without_the_few = file("src/big.rs", vec![big.hunks[1], big.hunks[2]]);
         let budget = estimate_tokens(&render_for_prompt(&without_the_few));
 
         let fitted = fit(vec![big.clone()], &no_ignores(), budget);
@@ -813,6 +875,39 @@ mod tests {
             let used: usize = costs.iter().map(|&c| c.min(share)).sum();
             assert!(used <= budget, "budget {budget}: share {share} uses {used}");
         }
+    }
+
+    #[test]
+    fn the_map_lists_every_changed_file_with_its_counts_and_counts_what_it_cannot_list() {
+        let files: Vec<FileDiff<'static>> = (0..50).map(|i| sized(&format!("src/f{i:02}.rs"), i + 1)).collect();
+        let whole = pr_map(&files, usize::MAX);
+        assert!(whole.starts_with("Changed files (50; added and removed lines):\n"));
+        assert!(whole.contains("  src/f00.rs (modified) +1 -0\n"), "{whole}");
+        assert!(whole.contains("  src/f49.rs (modified) +50 -0\n"), "{whole}");
+        assert_eq!(whole.lines().count(), 51);
+
+        let cut = pr_map(&files, 100);
+        assert!(estimate_tokens(&cut) <= 100, "{cut}");
+        let listed = cut.lines().filter(|l| l.starts_with("  src/")).count();
+        assert!(listed > 0 && listed < 50, "{cut}");
+        let rest = 50 - listed;
+        let rest_added: usize = (listed + 1..=50).sum();
+        assert!(
+            cut.ends_with(&format!("  … and {rest} more file(s), +{rest_added} lines\n")),
+            "{cut}"
+        );
+    }
+
+    #[test]
+    fn the_map_is_paid_for_before_the_files_and_names_skipped_ones_too() {
+        let files = vec![sized("src/a.rs", 40), sized("Cargo.lock", 5), sized("src/b.rs", 40)];
+        // Both source files would fit whole, were it not for the map.
+        let budget = estimate_tokens(&render_for_prompt(&files[0])) * 2 + 5;
+        let fitted = fit_with_map(files, &no_ignores(), budget);
+        assert!(fitted.map.contains("Cargo.lock"), "{}", fitted.map);
+        assert!(estimate_tokens(&fitted.map) <= budget / MAP_SHARE);
+        assert!(fitted.estimated_tokens + estimate_tokens(&fitted.map) <= budget);
+        assert!(fitted.truncated, "both files do not fit in what the map leaves");
     }
 
     #[test]

@@ -73,6 +73,10 @@ pub fn build_messages(job: &Job, fitted: &Fitted<'_>) -> Vec<Message> {
             fitted.skipped_files.len()
         ));
     }
+    if !fitted.map.is_empty() {
+        user.push('\n');
+        user.push_str(&fitted.map);
+    }
     user.push_str("\nDiff:\n");
     for file in &fitted.files {
         render_into(file, &mut user);
@@ -90,7 +94,7 @@ mod tests {
         let mut job = parse_job(include_bytes!("../../../docs/contract/examples/job.json"), 1 << 20).unwrap();
         job.options.instructions = Some("Never allow unwrap() in handlers.".into());
         let files = crate::diff::parse_unified(&job.diff).unwrap();
-        let fitted = crate::context::fit(files, &globset::GlobSet::empty(), 100_000);
+        let fitted = crate::context::fit_with_map(files, &globset::GlobSet::empty(), 100_000);
         let messages = build_messages(&job, &fitted);
         assert_eq!(messages.len(), 2);
         assert!(messages[0].content.contains("Never allow unwrap() in handlers."));
@@ -100,5 +104,9 @@ mod tests {
         assert!(user.contains("Adds refund parsing."));
         assert!(user.contains("=== FILE: src/refund.rs (modified)"));
         assert!(user.contains("     4 +    let cents"), "{user}");
+        // The map of the whole PR comes before the diff.
+        let map = user.find("Changed files (1; added and removed lines):\n  src/refund.rs (modified) +");
+        let diff = user.find("\nDiff:\n");
+        assert!(map.is_some() && map < diff, "{user}");
     }
 }
