@@ -225,7 +225,10 @@ pub fn pr_map(files: &[FileDiff<'_>], max_tokens: usize) -> String {
             .count()
     };
     let mut map = format!("Changed files ({}; added and removed lines):\n", files.len());
-    // Room for the closing count line, whose length a file count bounds.
+    // A running sum of the lines' estimates, never below the whole map's (each rounds up), so
+    // the map is priced once and not rescanned per line. Room is kept for the closing count
+    // line, whose length a file count bounds.
+    let mut cost = estimate_tokens(&map);
     let closing_room = 24;
     for (at, file) in files.iter().enumerate() {
         let line = format!(
@@ -235,11 +238,8 @@ pub fn pr_map(files: &[FileDiff<'_>], max_tokens: usize) -> String {
             file.added_line_count(),
             removed(file)
         );
-        if estimate_tokens(&map)
-            .saturating_add(estimate_tokens(&line))
-            .saturating_add(closing_room)
-            > max_tokens
-        {
+        cost = cost.saturating_add(estimate_tokens(&line));
+        if cost.saturating_add(closing_room) > max_tokens {
             let rest = files.get(at..).unwrap_or_default();
             let added: usize = rest.iter().map(FileDiff::added_line_count).sum();
             map.push_str(&format!("  … and {} more file(s), +{added} lines\n", rest.len()));
