@@ -317,7 +317,8 @@ pub fn fit<'a>(files: Vec<FileDiff<'a>>, ignore: &GlobSet, budget_tokens: usize)
     }
 
     for (mut file, pick) in candidates.into_iter().zip(picks) {
-        if pick.clipped {
+        // Truncation is a hunk left out, whichever pass decided it.
+        if !pick.kept.iter().all(|&kept| kept) {
             fitted.truncated = true;
         }
         if !pick.kept.iter().any(|&kept| kept) {
@@ -868,6 +869,11 @@ mod tests {
         assert_eq!(fair_share(&[10, 100, 100], 70), 30, "10 whole, then 60 shared by two");
         assert_eq!(fair_share(&[100, 100], 0), 0);
         assert_eq!(fair_share(&[], 0), usize::MAX);
+        assert_eq!(
+            fair_share(&[10, 100], 100),
+            90,
+            "the larger file's share is all that is left"
+        );
         // Costs each counted up to the share never exceed the budget.
         let costs = [5, 17, 230, 1_000, 3, 44];
         for budget in [0, 1, 50, 333, 1_298, 1_299, 5_000] {
