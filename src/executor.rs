@@ -381,14 +381,7 @@ impl Executor {
                     return;
                 };
                 let (until, judged) = quota_pause_end(*reset_at, Utc::now());
-                let pause = Pause {
-                    until,
-                    code: code.clone(),
-                    reason: error.meaning().to_owned(),
-                    needs_probe: false,
-                };
-                lane.limit.half_open();
-                if lane.pause.pause(pause) {
+                if pause_lane(lane, until, &code, error, false) {
                     let reset = reset_at.map_or_else(|| "unknown".to_owned(), review_core::contract::rfc3339);
                     let note = match judged {
                         ResetTime::Past => format!(
@@ -413,14 +406,7 @@ impl Executor {
                 // `/models` answers 200 through these, so a probe would end the pause at once:
                 // the pause ends by the clock instead, and the next call is the probe.
                 let delay = lane.account_backoff();
-                let pause = Pause {
-                    until: later(Utc::now(), delay),
-                    code: code.clone(),
-                    reason: error.meaning().to_owned(),
-                    needs_probe: false,
-                };
-                lane.limit.half_open();
-                if lane.pause.pause(pause) {
+                if pause_lane(lane, later(Utc::now(), delay), &code, error, false) {
                     error!(
                         provider,
                         model,
@@ -436,14 +422,7 @@ impl Executor {
                 }
             }
             Action::PauseAccount => {
-                let pause = Pause {
-                    until: later(Utc::now(), FIRST_PROBE_DELAY),
-                    code: code.clone(),
-                    reason: error.meaning().to_owned(),
-                    needs_probe: true,
-                };
-                lane.limit.half_open();
-                if lane.pause.pause(pause) {
+                if pause_lane(lane, later(Utc::now(), FIRST_PROBE_DELAY), &code, error, true) {
                     error!(
                         provider,
                         model,
@@ -523,6 +502,18 @@ impl Executor {
         }
         waiting
     }
+}
+
+/// Pauses `lane` for `error` until `until` (a probe is due then, if `needs_probe`), with its
+/// limit half-open for when it resumes. True when this is news, so the caller logs it once.
+fn pause_lane(lane: &Lane, until: DateTime<Utc>, code: &str, error: &ProviderError, needs_probe: bool) -> bool {
+    lane.limit.half_open();
+    lane.pause.pause(Pause {
+        until,
+        code: code.to_owned(),
+        reason: error.meaning().to_owned(),
+        needs_probe,
+    })
 }
 
 /// Ends each time-bound pause of `lane` when it runs out: the one place such a pause ends, so
