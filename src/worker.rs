@@ -511,6 +511,7 @@ pub(crate) fn completed_result(
         usage: Some(review.usage.clone()),
         truncated: Some(review.truncated),
         skipped_files: Some(review.skipped_files.clone()),
+        coverage: None,
         attempts: attempts.max(1),
         started_at: Some(rfc3339(started_at)),
         finished_at: rfc3339(Utc::now()),

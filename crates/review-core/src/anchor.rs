@@ -109,6 +109,8 @@ fn place(raw: RawSuggestion, files: &[FileDiff<'_>], by: &FileIndex<'_>, added: 
             body: body.to_owned(),
             existing_code: raw.existing_code,
             improved_code: raw.improved_code,
+            fingerprint: None,
+            carried: false,
         },
         moved,
     })
@@ -397,6 +399,8 @@ mod tests {
                     body: "Fix this.".into(),
                     existing_code: Some("x".into()),
                     improved_code: Some("y".into()),
+                    fingerprint: None,
+                    carried: false,
                 }],
                 dropped: 0,
                 reanchored: 0,

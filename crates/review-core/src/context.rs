@@ -23,20 +23,7 @@ pub(crate) fn tokens(size: TextSize) -> usize {
     size.ascii.div_ceil(3).saturating_add(size.other)
 }
 
-/// Why a file stays out of the prompt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum SkipReason {
-    /// Matched one of the job's `ignore_paths`.
-    Ignored,
-    Lockfile,
-    Binary,
-    /// Third-party code checked into the repository.
-    Vendored,
-    /// Build output, minified or code-generated files, snapshots.
-    Generated,
-    /// A deleted file has no new lines for a suggestion to point at.
-    Removed,
-}
+pub(crate) use crate::contract::SkipReason;
 
 const LOCKFILES: &[&str] = &[
     "Cargo.lock",
@@ -100,8 +87,8 @@ const GENERATED_SUFFIXES: &[&str] = &[
     ".snap",
 ];
 
-/// Why `file` is not worth reviewing, if it is not. [`SkipReason::TooLarge`] is never returned
-/// here: only [`fit`] knows the budget.
+/// Why `file` is not worth reviewing, if it is not. [`SkipReason::Budget`] and
+/// [`SkipReason::MaxCalls`] are never returned here: only the planner knows the budget.
 ///
 /// Besides names and paths, a file whose first lines say it is generated (Go's
 /// `Code generated … DO NOT EDIT`, `@generated`) counts as generated.
@@ -113,7 +100,7 @@ pub(crate) fn skip_reason(file: &FileDiff<'_>, ignore: &GlobSet) -> Option<SkipR
     let dirs = || path.split('/').rev().skip(1);
 
     if ignore.is_match(path) {
-        Some(SkipReason::Ignored)
+        Some(SkipReason::IgnorePaths)
     } else if LOCKFILES.contains(&name) || extension == Some("lock") {
         Some(SkipReason::Lockfile)
     } else if file.binary || extension.is_some_and(|ext| BINARY_EXTENSIONS.contains(&ext)) {
@@ -690,7 +677,7 @@ mod tests {
             String::new(),
         ])
         .unwrap();
-        let ignored = |path: &str| skip_reason(&sized(path, 1), &set) == Some(SkipReason::Ignored);
+        let ignored = |path: &str| skip_reason(&sized(path, 1), &set) == Some(SkipReason::IgnorePaths);
         assert!(ignored("README.md"));
         assert!(ignored("a/b/notes.md"));
         assert!(ignored("docs/guide/intro.rs"));

@@ -79,6 +79,8 @@ pub struct ReviewOptions {
     pub language: Option<String>,
     pub instructions: Option<String>,
     pub ignore_paths: Vec<String>,
+    /// Lowers the deployment's `API_REVIEW_MAX_CALLS` for this job (at least 1).
+    pub max_calls: Option<u32>,
 }
 
 /// Ordered from least to most severe, so `>=` means "at least as severe".
@@ -120,6 +122,15 @@ pub struct Suggestion {
     pub(crate) existing_code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) improved_code: Option<String>,
+    /// The fingerprint of the hunk the suggestion points into ([`crate::diff::Hunk`]'s content
+    /// and its file's path): a later push whose diff still has that hunk carries the suggestion
+    /// forward instead of reviewing the hunk again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Brought forward from the job's `previous_result` (its hunk did not change), not found by
+    /// this review's calls.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub carried: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +188,89 @@ impl Usage {
     }
 }
 
+/// How much of a PR a review read (`coverage` in `review-result/v1`). Lines are added lines:
+/// the only ones a suggestion may point at.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coverage {
+    /// Files in the diff.
+    pub files_changed: u64,
+    /// Files not skipped for what they are (lockfiles, generated, vendored, binary, ignored,
+    /// deleted).
+    pub files_reviewable: u64,
+    /// Reviewable files of which at least one hunk was read (or carried forward).
+    pub files_reviewed: u64,
+    pub lines_reviewable: u64,
+    /// Added lines the model read in this review's calls, plus those carried forward.
+    pub lines_reviewed: u64,
+    /// Of `lines_reviewed`, those in hunks unchanged since `previous_result` and not sent again.
+    #[serde(default)]
+    pub lines_carried: u64,
+    /// Review calls the diff was split into (repair requests not counted).
+    pub calls: u32,
+    /// Every file left out or clipped, with why and how many of its added lines were not read.
+    #[serde(default)]
+    pub skipped: Vec<SkippedFile>,
+    /// The hunks read (or carried), by fingerprint and where each starts in the new file: what a
+    /// later push's `previous_result` is compared with.
+    #[serde(default)]
+    pub hunks: Vec<HunkRef>,
+}
+
+/// A file of which some or all added lines were not read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedFile {
+    pub file: String,
+    pub reason: SkipReason,
+    /// Added lines not read.
+    pub lines: u64,
+    /// Part of the file was read: the hunks that fitted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clipped: bool,
+}
+
+/// Why a file, or part of it, was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// Matched one of the job's `options.ignore_paths`.
+    IgnorePaths,
+    Lockfile,
+    Binary,
+    /// Third-party code checked into the repository.
+    Vendored,
+    /// Build output, minified or code-generated files, snapshots.
+    Generated,
+    /// A deleted file has no new lines for a suggestion to point at.
+    Removed,
+    /// Larger than one call's budget: clipped to its most reviewable hunks.
+    Budget,
+    /// The PR needs more calls than `API_REVIEW_MAX_CALLS` (or `options.max_calls`) allows.
+    MaxCalls,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::IgnorePaths => "ignore_paths",
+            Self::Lockfile => "lockfile",
+            Self::Binary => "binary",
+            Self::Vendored => "vendored",
+            Self::Generated => "generated",
+            Self::Removed => "removed",
+            Self::Budget => "budget",
+            Self::MaxCalls => "max_calls",
+        }
+    }
+}
+
+/// Where a reviewed hunk was: its fingerprint and the new-file line it starts at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HunkRef {
+    pub file: String,
+    pub fingerprint: String,
+    pub line: u32,
+}
+
 /// A result message (`review-result.v1.schema.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReviewResult {
@@ -199,6 +293,9 @@ pub struct ReviewResult {
     pub truncated: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped_files: Option<Vec<String>>,
+    /// What the review read and what it did not, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<Coverage>,
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
@@ -222,6 +319,7 @@ impl ReviewResult {
             usage: None,
             truncated: None,
             skipped_files: None,
+            coverage: None,
             attempts: attempts.max(1),
             started_at: None,
             finished_at: rfc3339(Utc::now()),

@@ -209,6 +209,8 @@ struct OptionsFields<'a> {
     instructions: Field<'a>,
     #[serde(borrow)]
     ignore_paths: Field<'a>,
+    #[serde(borrow)]
+    max_calls: Field<'a>,
 }
 
 fn validate(fields: &JobFields<'_>) -> Checked<Job> {
@@ -385,6 +387,9 @@ fn options(raw: &RawValue) -> Checked<ReviewOptions> {
             string(raw, "/options/instructions", Length::ANY)
         })?,
         ignore_paths,
+        max_calls: optional(fields.max_calls, |raw| {
+            integer(raw, "/options/max_calls", 1).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+        })?,
     })
 }
 
