@@ -194,11 +194,13 @@ pub struct Fitted<'a> {
     /// The map of the whole PR that opens the diff ([`pr_map`]); empty from [`fit`], filled by
     /// [`fit_with_map`], which pays for it out of the budget first.
     pub map: String,
+    /// Which of how many calls this is, when the PR is split ([`crate::plan`]).
+    pub part: Option<(usize, usize)>,
 }
 
 /// The most of a diff budget the PR map may take: past it, the map ends with a count of the
 /// files it does not list.
-const MAP_SHARE: usize = 8;
+pub(crate) const MAP_SHARE: usize = 8;
 
 /// A short map of the whole PR: every changed file with its added and removed line counts, in
 /// the diff's order, so the model sees the shape of what it is not shown. At most
@@ -269,39 +271,8 @@ pub fn fit<'a>(files: Vec<FileDiff<'a>>, ignore: &GlobSet, budget_tokens: usize)
             candidates.push(file);
         }
     }
-    candidates.sort_by_cached_key(|file| {
-        (
-            FileClass::of(&file.path),
-            Reverse(file.added_line_count()),
-            file.path.clone(),
-        )
-    });
-
-    let costs: Vec<usize> = candidates.iter().map(|file| tokens(rendered_size(file))).collect();
-    let share = fair_share(&costs, budget_tokens);
-    let mut picks: Vec<Pick> = candidates
-        .iter()
-        .zip(&costs)
-        .map(|(file, &cost)| {
-            if cost <= share {
-                Pick::whole(file, cost)
-            } else {
-                Pick::clipped(file, share)
-            }
-        })
-        .collect();
-    // The shares add up to at most the budget; what they leave goes to clipped files in rank order.
-    let mut left = budget_tokens.saturating_sub(picks.iter().map(|pick| pick.cost).sum());
-    for (pick, file) in picks.iter_mut().zip(&candidates) {
-        if left == 0 {
-            break;
-        }
-        if pick.clipped {
-            let before = pick.cost;
-            pick.extend(file, before.saturating_add(left));
-            left = left.saturating_sub(pick.cost.saturating_sub(before));
-        }
-    }
+    rank(&mut candidates);
+    let picks = share_fairly(&candidates, budget_tokens);
 
     for (mut file, pick) in candidates.into_iter().zip(picks) {
         // Truncation is a hunk left out, whichever pass decided it.
@@ -320,6 +291,49 @@ pub fn fit<'a>(files: Vec<FileDiff<'a>>, ignore: &GlobSet, budget_tokens: usize)
         fitted.files.push(file);
     }
     fitted
+}
+
+/// Puts the most reviewable code first: source code, then tests, then config and build files,
+/// then docs, then anything else; within a class more added lines first; ties by path.
+pub(crate) fn rank(files: &mut [FileDiff<'_>]) {
+    files.sort_by_cached_key(|file| {
+        (
+            FileClass::of(&file.path),
+            Reverse(file.added_line_count()),
+            file.path.clone(),
+        )
+    });
+}
+
+/// Shares `budget_tokens` among `files` (in rank order) max-min fairly, as [`fit`] describes:
+/// which hunks of each file are kept.
+pub(crate) fn share_fairly(files: &[FileDiff<'_>], budget_tokens: usize) -> Vec<Pick> {
+    let costs: Vec<usize> = files.iter().map(|file| tokens(rendered_size(file))).collect();
+    let share = fair_share(&costs, budget_tokens);
+    let mut picks: Vec<Pick> = files
+        .iter()
+        .zip(&costs)
+        .map(|(file, &cost)| {
+            if cost <= share {
+                Pick::whole(file, cost)
+            } else {
+                Pick::clipped(file, share)
+            }
+        })
+        .collect();
+    // The shares add up to at most the budget; what they leave goes to clipped files in rank order.
+    let mut left = budget_tokens.saturating_sub(picks.iter().map(|pick| pick.cost).sum());
+    for (pick, file) in picks.iter_mut().zip(files) {
+        if left == 0 {
+            break;
+        }
+        if pick.clipped {
+            let before = pick.cost;
+            pick.extend(file, before.saturating_add(left));
+            left = left.saturating_sub(pick.cost.saturating_sub(before));
+        }
+    }
+    picks
 }
 
 /// The largest share `s` such that the costs, each counted up to `s`, add up to at most
@@ -343,10 +357,10 @@ fn fair_share(costs: &[usize], budget: usize) -> usize {
 
 /// Which hunks of one file go into the prompt, and what the file costs with just those.
 #[derive(Debug)]
-struct Pick {
-    kept: Vec<bool>,
+pub(crate) struct Pick {
+    pub(crate) kept: Vec<bool>,
     size: TextSize,
-    cost: usize,
+    pub(crate) cost: usize,
     clipped: bool,
 }
 
@@ -361,7 +375,7 @@ impl Pick {
     }
 
     /// The file's most reviewable hunks that fit in `allowance` tokens with its header line.
-    fn clipped(file: &FileDiff<'_>, allowance: usize) -> Self {
+    pub(crate) fn clipped(file: &FileDiff<'_>, allowance: usize) -> Self {
         let mut pick = Self {
             kept: vec![false; file.hunks.len()],
             size: header_size(file),
@@ -490,7 +504,7 @@ impl FileClass {
     }
 }
 
-fn is_test(path: &str, name: &str) -> bool {
+pub(crate) fn is_test(path: &str, name: &str) -> bool {
     let in_test_dir = path.split('/').rev().skip(1).any(|dir| TEST_DIRS.contains(&dir));
     // `Test`/`Tests` stay case-sensitive so that `latest.go` or `contest.py` are not tests.
     let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
@@ -505,7 +519,7 @@ fn is_test(path: &str, name: &str) -> bool {
         || stem.ends_with("Tests")
 }
 
-fn file_name(path: &str) -> &str {
+pub(crate) fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 

@@ -10,6 +10,8 @@
 //! - [`models`]: every model fact in one table: context window, pay-per-token price, which ids
 //!   Z.AI lists (advice and the simulator's default list).
 //! - [`context`]: what fits the model's context window; skipped files; ranking.
+//! - [`plan`]: a PR split into review calls (at most `max_calls`, related files together), and
+//!   the coverage that plan gives: what is read, what is not and why.
 //! - [`prompt`]: the review request.
 //! - [`chat`]: what one chat call sends and gets back (`Message`, `ChatAnswer`).
 //! - [`classify`]: every Z.AI answer into a [`classify::ProviderError`] class: where a 1308
@@ -35,4 +37,5 @@ pub mod context;
 pub mod contract;
 pub mod diff;
 pub mod models;
+pub mod plan;
 pub mod prompt;

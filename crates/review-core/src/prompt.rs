@@ -73,6 +73,12 @@ pub fn build_messages(job: &Job, fitted: &Fitted<'_>) -> Vec<Message> {
             fitted.skipped_files.len()
         ));
     }
+    if let Some((part, of)) = fitted.part {
+        user.push_str(&format!(
+            "\nThis PR is reviewed in {of} parts; this is part {part}. Review only the files shown below: \
+             the others are reviewed in the other parts.\n"
+        ));
+    }
     if !fitted.map.is_empty() {
         user.push('\n');
         user.push_str(&fitted.map);
