@@ -51,6 +51,8 @@ pub(crate) mod headers {
     pub(crate) const ERROR_KIND: &str = "x-review-error-kind";
     pub(crate) const ERROR_MESSAGE: &str = "x-review-error-message";
     pub(crate) const FAILED_AT: &str = "x-review-failed-at";
+    /// The calls of a review answered before its job had to wait ([`crate::progress`]).
+    pub(crate) const PROGRESS: &str = "x-review-progress";
 }
 
 /// Delay tiers, shortest first. 1 day hops cover the 7-day maximum in seven rounds.
@@ -515,6 +517,7 @@ impl Broker {
         job: &Envelope,
         counters: Counters,
         delay: Duration,
+        progress: Option<AMQPValue>,
     ) -> anyhow::Result<()> {
         let delay = delay.min(MAX_DELAY);
         let now = Utc::now();
@@ -523,7 +526,7 @@ impl Broker {
             .ok()
             .and_then(|delay| now.checked_add_signed(delay))
             .unwrap_or(now);
-        let properties = job.with_headers(&[
+        let mut changes = vec![
             (headers::ATTEMPTS, AMQPValue::LongLongInt(i64::from(counters.attempts))),
             (
                 headers::PUBLISH_FAILURES,
@@ -538,7 +541,9 @@ impl Broker {
                 AMQPValue::LongLongInt(not_before.timestamp_millis()),
             ),
             (headers::FIRST_SEEN, first_seen(job)),
-        ]);
+        ];
+        changes.extend(progress.map(|progress| (headers::PROGRESS, progress)));
+        let properties = job.with_headers(&changes);
         self.delay_publish(body, properties, delay).await
     }
 

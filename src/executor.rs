@@ -25,7 +25,9 @@ use tracing::{error, info, warn};
 use crate::fate::Unfinished;
 use crate::limits::{AdaptiveLimit, Pause, PauseState};
 use crate::provider::{Action, ChatAnswer, Message, Provider, ProviderError};
-use crate::review::{self, Review, ReviewError};
+use crate::progress::Progress;
+use crate::review::{self, Review, ReviewError, ReviewLimits};
+use crate::settings::ReviewSettings;
 use review_core::contract::Job;
 
 /// After a quota answer without a usable reset time (none, or one already past), pause this
@@ -265,13 +267,25 @@ impl Executor {
 
     /// Reviews one job on whichever lane is usable. What a review that stopped short means for
     /// the job is not decided here but in [`crate::fate::decide`].
-    pub(crate) async fn review(&self, job: &Job) -> Result<Completed, Unfinished> {
+    /// Reviews `job` within `settings`' call limits, reusing and adding to `progress` (the calls
+    /// answered before the job had to wait).
+    pub(crate) async fn review(
+        &self,
+        job: &Job,
+        settings: &ReviewSettings,
+        progress: &mut Progress,
+    ) -> Result<Completed, Unfinished> {
         // Two rounds at most: main, then the fallback if main paused during the first.
         let mut first_round = true;
         loop {
             let lane = self.lane_for_job().map_err(Unfinished::Paused)?;
-            let prepared = review::prepare(job, lane.provider.model())?;
-            let error = match review::run(job, prepared, &LaneCall { executor: self, lane }).await {
+            let limits = ReviewLimits::for_job(
+                settings.max_calls_for(lane.provider.settings()),
+                settings.call_tokens,
+                job,
+            );
+            let prepared = review::prepare(job, lane.provider.model(), limits)?;
+            let error = match review::run(job, prepared, &LaneCall { executor: self, lane }, progress).await {
                 Ok(review) => {
                     return Ok(Completed {
                         review,

@@ -335,6 +335,8 @@ mod tests {
             max_job_bytes: 1 << 20,
             max_attempts: 3,
             max_job_age: Duration::from_secs(7 * 86_400),
+            max_calls: None,
+            call_tokens: None,
         }
     }
 

@@ -13,7 +13,8 @@
 //! - [`provider`]: the OpenAI-compatible HTTP client; `review_core::classify` turns its
 //!   failures into classes (where a 1308 becomes "pause until the reset").
 //! - [`blocking`]: CPU work on one answer, off the async worker threads.
-//! - [`review`]: one job's review, broker-free.
+//! - [`review`]: one job's review, broker-free: its planned calls, their answers, the merge.
+//! - [`progress`]: the calls a review already paid for, carried in a header while its job waits.
 //! - [`limits`]: the adaptive in-flight limit and the provider pause state.
 //! - [`executor`]: runs a review under the limits; retries; pauses lanes on quota and account codes.
 //! - [`fate`]: the decision table: what happens to a job (review, publish, hop, wait, dead-letter).
@@ -50,6 +51,7 @@ pub(crate) mod executor;
 pub(crate) mod fate;
 pub(crate) mod health;
 pub(crate) mod limits;
+pub(crate) mod progress;
 pub(crate) mod provider;
 pub(crate) mod review;
 pub mod settings;

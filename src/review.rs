@@ -1,27 +1,32 @@
-//! One review, without the broker: diff → context fit → prompt → model call(s) → answer → anchored
-//! suggestions. The model is called through [`ModelCall`] so that the executor can put retries,
-//! the deployment-wide cap and the fallback around each call, and tests can answer directly.
+//! One review, without the broker: diff → plan (calls, each within the window) → prompt per
+//! call → model calls → answers → anchored suggestions → one merged review. The model is called
+//! through [`ModelCall`] so that the executor can put retries, the deployment-wide cap and the
+//! fallback around each call, and tests can answer directly. Calls already answered before the
+//! job had to wait come from its [`Progress`] and are not made again.
 
 use review_core::anchor::anchor;
 use review_core::answer::{parse_answer, repair_instruction};
 use review_core::chat::{ChatAnswer, Message};
 use review_core::classify::ProviderError;
-use review_core::context::{Fitted, build_ignore_set, estimate_tokens, fit_with_map};
-use review_core::contract::{Job, Suggestion, Usage};
+use review_core::context::{Fitted, build_ignore_set, estimate_tokens};
+use review_core::contract::{Coverage, Job, ReviewOptions, Suggestion, Usage};
 use review_core::diff::{FileDiff, from_job_files, parse_unified};
+use review_core::merge::{compose_summary, merge};
 use review_core::models::context_window;
+use review_core::plan::{Limits, Plan, plan};
 use review_core::prompt::build_messages;
 
-/// A job ready to send: what fits the model's window, and the messages.
+use crate::progress::{CallAnswer, Progress};
+
+/// A job ready to send: the calls it is split into, and what they cover.
 #[derive(Debug)]
 pub(crate) struct Prepared<'a> {
-    pub(crate) fitted: Fitted<'a>,
-    pub(crate) messages: Vec<Message>,
-    /// Why nothing is sent when `fitted.files` is empty, if not the usual "all skipped".
+    pub(crate) plan: Plan<'a>,
+    /// Why nothing is sent when the plan has no call, if not the usual "all skipped".
     pub(crate) nothing_to_review: Option<&'static str>,
 }
 
-/// What the model said about a job, anchored and filtered.
+/// What the model said about a job, anchored, merged and filtered.
 #[derive(Debug)]
 pub(crate) struct Review {
     pub(crate) summary: String,
@@ -29,6 +34,25 @@ pub(crate) struct Review {
     pub(crate) usage: Usage,
     pub(crate) truncated: bool,
     pub(crate) skipped_files: Vec<String>,
+    pub(crate) coverage: Coverage,
+}
+
+/// How much one job's review may send, from the settings, the endpoint and the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReviewLimits {
+    pub(crate) max_calls: u32,
+    /// `None`: as much as the model's window allows.
+    pub(crate) call_tokens: Option<usize>,
+}
+
+impl ReviewLimits {
+    /// The endpoint's limits, lowered (never raised) by the job's `options.max_calls`.
+    pub(crate) fn for_job(max_calls: u32, call_tokens: Option<usize>, job: &Job) -> Self {
+        Self {
+            max_calls: job.options.max_calls.map_or(max_calls, |asked| asked.min(max_calls)).max(1),
+            call_tokens,
+        }
+    }
 }
 
 /// Why a review stopped short. `E` is why a model call brought no answer: the provider's error,
@@ -49,12 +73,13 @@ fn output_reserve(window: usize) -> usize {
     (window / 4).min(32_768)
 }
 
-/// Parses the job's diff and fits it, with the prompt around it, into the model's window.
+/// Parses the job's diff and plans its calls, each fitting the model's window with the prompt
+/// around it (and `limits.call_tokens`, when set).
 ///
 /// A diff that adds no line gives a suggestion nowhere to point, so it costs no call: a damaged
 /// one (a word diff, a diff cut mid-hunk) is an invalid job, one that only deletes, renames or
 /// changes modes is reviewed as "nothing to review".
-pub(crate) fn prepare<'a>(job: &'a Job, model: &str) -> Result<Prepared<'a>, ReviewError> {
+pub(crate) fn prepare<'a>(job: &'a Job, model: &str, limits: ReviewLimits) -> Result<Prepared<'a>, ReviewError> {
     let files: Vec<FileDiff<'a>> = if job.files.is_empty() {
         parse_unified(&job.diff)
     } else {
@@ -66,7 +91,7 @@ pub(crate) fn prepare<'a>(job: &'a Job, model: &str) -> Result<Prepared<'a>, Rev
     }
     let ignore = build_ignore_set(&job.options.ignore_paths)
         .map_err(|e| ReviewError::InvalidJob(format!("options.ignore_paths: {e}")))?;
-    if files.iter().all(|file| file.added_line_count() == 0) {
+    let nothing_to_review = if files.iter().all(|file| file.added_line_count() == 0) {
         if files.iter().any(|file| file.damaged) {
             return Err(ReviewError::InvalidJob(
                 "the diff adds no line, and a hunk of it holds fewer lines than its header announces \
@@ -74,30 +99,34 @@ pub(crate) fn prepare<'a>(job: &'a Job, model: &str) -> Result<Prepared<'a>, Rev
                     .to_owned(),
             ));
         }
-        return Ok(Prepared {
-            fitted: Fitted {
-                skipped_files: files.into_iter().map(|file| file.path.into_owned()).collect(),
-                ..Fitted::default()
-            },
-            messages: Vec::new(),
-            nothing_to_review: Some(
-                "Nothing to review: the diff adds no lines (it only removes, renames or changes modes).",
-            ),
-        });
-    }
+        Some("Nothing to review: the diff adds no lines (it only removes, renames or changes modes).")
+    } else {
+        None
+    };
 
     let window = context_window(model) as usize;
-    // The prompt without a diff tells how much the frame takes.
-    let frame = build_messages(job, &Fitted::default());
+    // The prompt without a diff tells how much the frame takes; the part line is paid for too.
+    let frame = build_messages(
+        job,
+        &Fitted {
+            part: Some((99, 99)),
+            ..Fitted::default()
+        },
+    );
     let frame_tokens: usize = frame.iter().map(|m| estimate_tokens(&m.content)).sum();
-    let budget = window.saturating_sub(output_reserve(window).saturating_add(frame_tokens).saturating_add(256));
-
-    let fitted = fit_with_map(files, &ignore, budget);
-    let messages = build_messages(job, &fitted);
+    let window_budget =
+        window.saturating_sub(output_reserve(window).saturating_add(frame_tokens).saturating_add(256));
+    let call_tokens = limits.call_tokens.map_or(window_budget, |tokens| tokens.min(window_budget));
+    let max_calls = usize::try_from(limits.max_calls).unwrap_or(usize::MAX);
+    let plan = plan(
+        files,
+        &ignore,
+        Limits { call_tokens, max_calls },
+        &std::collections::HashMap::new(),
+    );
     Ok(Prepared {
-        fitted,
-        messages,
-        nothing_to_review: None,
+        plan,
+        nothing_to_review,
     })
 }
 
@@ -109,33 +138,81 @@ pub(crate) trait ModelCall: Sync {
     fn call(&self, messages: &[Message]) -> impl Future<Output = Result<ChatAnswer, Self::Error>> + Send;
 }
 
-/// Runs the review: one call, one repair call if the answer cannot be read, then anchoring.
+/// Runs the review: each planned call not already in `progress` (one repair call each if its
+/// answer cannot be read), then the merge. Every answered call is added to `progress` as it
+/// comes, so that a review stopped by an error keeps what it paid for.
 pub(crate) async fn run<M: ModelCall>(
     job: &Job,
     prepared: Prepared<'_>,
     model: &M,
+    progress: &mut Progress,
 ) -> Result<Review, ReviewError<M::Error>> {
     let Prepared {
-        fitted,
-        mut messages,
+        plan,
         nothing_to_review,
     } = prepared;
     let mut usage = Usage::default();
 
-    if fitted.files.is_empty() {
+    if plan.chunks.is_empty() {
         // Nothing reviewable is left (all lockfiles, binaries, ignored…): no call, no quota.
         return Ok(Review {
             summary: nothing_to_review.map_or_else(
-                || format!("Nothing to review: {} file(s) skipped.", fitted.skipped_files.len()),
+                || format!("Nothing to review: {} file(s) skipped.", plan.skipped_files.len()),
                 str::to_owned,
             ),
             suggestions: Vec::new(),
             usage,
-            truncated: fitted.truncated,
-            skipped_files: fitted.skipped_files,
+            truncated: plan.truncated,
+            skipped_files: plan.skipped_files,
+            coverage: plan.coverage,
         });
     }
 
+    let calls = plan.chunks.len();
+    let mut summaries = Vec::with_capacity(calls);
+    let mut parts = Vec::with_capacity(calls);
+    for (index, chunk) in plan.chunks.iter().enumerate() {
+        let answer = match progress.answer(&chunk.key) {
+            Some(done) => {
+                tracing::info!(
+                    call = index.saturating_add(1),
+                    calls,
+                    "call {} of {calls} was answered before the job waited: reusing its answer",
+                    index.saturating_add(1)
+                );
+                done.clone()
+            }
+            None => {
+                let answer = call(job, &plan.fitted(index), &chunk.key, model).await?;
+                progress.answers.push(answer.clone());
+                answer
+            }
+        };
+        usage.add(&answer.usage);
+        summaries.push(answer.summary);
+        parts.push(answer.suggestions);
+    }
+    Ok(Review {
+        summary: compose_summary(summaries.iter().map(String::as_str)),
+        suggestions: merge(parts, &job.options),
+        usage,
+        truncated: plan.truncated,
+        skipped_files: plan.skipped_files,
+        coverage: plan.coverage,
+    })
+}
+
+/// One call of a review: the prompt for `fitted`, one repair request if the answer cannot be
+/// read, then anchoring to the call's own files. The job's `max_suggestions` is left to the
+/// merge, which sees every call.
+async fn call<M: ModelCall>(
+    job: &Job,
+    fitted: &Fitted<'_>,
+    key: &str,
+    model: &M,
+) -> Result<CallAnswer, ReviewError<M::Error>> {
+    let mut messages = build_messages(job, fitted);
+    let mut usage = Usage::default();
     let answer = model.call(&messages).await?;
     usage.add(&answer.usage);
     let size = answer_size(&answer);
@@ -167,16 +244,13 @@ pub(crate) async fn run<M: ModelCall>(
         }
     };
 
-    // Anchoring compares every suggestion with the diff: as much work as the answer is long.
-    let Fitted {
-        files,
-        truncated,
-        skipped_files,
-        ..
-    } = fitted;
+    let options = ReviewOptions {
+        max_suggestions: None,
+        ..job.options.clone()
+    };
     // The files borrow from the job, so this work cannot move to the blocking pool; a large one
     // hands this thread's other tasks to the rest of the runtime instead.
-    let anchored = crate::blocking::heavy_in_place(size, || anchor(review.suggestions, &files, &job.options));
+    let anchored = crate::blocking::heavy_in_place(size, || anchor(review.suggestions, &fitted.files, &options));
     if anchored.dropped > 0 || anchored.reanchored > 0 {
         tracing::debug!(
             dropped = anchored.dropped,
@@ -184,12 +258,11 @@ pub(crate) async fn run<M: ModelCall>(
             "suggestions moved or dropped to fit changed lines"
         );
     }
-    Ok(Review {
+    Ok(CallAnswer {
+        key: key.to_owned(),
         summary: review.summary.unwrap_or_default(),
         suggestions: anchored.suggestions,
         usage,
-        truncated,
-        skipped_files,
     })
 }
 
@@ -233,6 +306,19 @@ mod tests {
 
     fn job() -> Job {
         parse_job(include_bytes!("../docs/contract/examples/job.json"), 1 << 20).unwrap()
+    }
+
+    const LIMITS: ReviewLimits = ReviewLimits {
+        max_calls: 3,
+        call_tokens: None,
+    };
+
+    fn prepared(job: &Job) -> Prepared<'_> {
+        prepare(job, "glm-5.1", LIMITS).unwrap()
+    }
+
+    async fn review<M: ModelCall>(job: &Job, model: &M) -> Result<Review, ReviewError<M::Error>> {
+        run(job, prepared(job), model, &mut Progress::default()).await
     }
 
     fn answer(content: &str) -> ChatAnswer {
@@ -281,7 +367,7 @@ mod tests {
             "I think the code is fine.",
             r#"{"summary":"ok","suggestions":[{"file":"src/refund.rs","line_start":4,"severity":"high","body":"unwrap panics"}]}"#,
         ]);
-        let review = run(&job, prepare(&job, "glm-5.1").unwrap(), &model).await.unwrap();
+        let review = review(&job, &model).await.unwrap();
         assert_eq!(
             *model.seen.lock().unwrap(),
             vec![2, 4],
@@ -296,7 +382,7 @@ mod tests {
     async fn two_unreadable_answers_are_bad_model_output() {
         let job = job();
         let model = Scripted::new(&["no json", "still no json"]);
-        let error = run(&job, prepare(&job, "glm-5.1").unwrap(), &model).await.unwrap_err();
+        let error = review(&job, &model).await.unwrap_err();
         assert!(matches!(error, ReviewError::BadModelOutput { .. }), "{error:?}");
     }
 
@@ -305,7 +391,7 @@ mod tests {
         let mut job = job();
         job.options.ignore_paths = vec!["src/**".into()];
         let model = Scripted::new(&[]);
-        let review = run(&job, prepare(&job, "glm-5.1").unwrap(), &model).await.unwrap();
+        let review = review(&job, &model).await.unwrap();
         assert_eq!(review.skipped_files, vec!["src/refund.rs".to_owned()]);
         assert_eq!(review.usage.requests, 0);
         assert!(model.seen.lock().unwrap().is_empty());
@@ -315,9 +401,9 @@ mod tests {
     fn a_diff_that_is_not_a_diff_is_an_invalid_job() {
         let mut job = job();
         job.diff = "this is not a diff".into();
-        assert!(matches!(prepare(&job, "glm-5.1"), Err(ReviewError::InvalidJob(_))));
+        assert!(matches!(prepare(&job, "glm-5.1", LIMITS), Err(ReviewError::InvalidJob(_))));
         job.diff = "   \n".into();
-        assert!(matches!(prepare(&job, "glm-5.1"), Err(ReviewError::InvalidJob(_))));
+        assert!(matches!(prepare(&job, "glm-5.1", LIMITS), Err(ReviewError::InvalidJob(_))));
     }
 
     #[test]
@@ -330,7 +416,7 @@ mod tests {
             "diff --git a/a.rs b/a.rs\n--- a/a.rs\n+++ b/a.rs\n@@ -1,5 +1,6 @@\n fn a() {\n-    x\n",
         ] {
             job.diff = damaged.into();
-            match prepare(&job, "glm-5.1") {
+            match prepare(&job, "glm-5.1", LIMITS) {
                 Err(ReviewError::InvalidJob(message)) => assert!(message.contains("adds no line"), "{message}"),
                 other => panic!("expected an invalid job, got {other:?}"),
             }
@@ -344,7 +430,7 @@ mod tests {
             "--- a/a.rs\n+++ b/a.rs\n@@ -1,2 +1,1 @@\n keep\n-gone\n--- a/b.rs\n+++ /dev/null\n@@ -1 +0,0 @@\n-x\n"
                 .into();
         let model = Scripted::new(&[]);
-        let review = run(&job, prepare(&job, "glm-5.1").unwrap(), &model).await.unwrap();
+        let review = review(&job, &model).await.unwrap();
         assert!(model.seen.lock().unwrap().is_empty());
         assert!(review.summary.contains("adds no lines"), "{}", review.summary);
         assert_eq!(review.skipped_files, ["a.rs", "b.rs"]);
@@ -355,10 +441,138 @@ mod tests {
         let mut job = job();
         job.pull_request.body = Some("word ".repeat(1 << 20));
         job.options.instructions = Some("rule ".repeat(1 << 20));
-        let prepared = prepare(&job, "glm-5.1").unwrap();
-        assert_eq!(prepared.fitted.files.len(), 1, "the diff still fits");
-        let size: usize = prepared.messages.iter().map(|m| m.content.len()).sum();
+        let prepared = prepared(&job);
+        assert_eq!(prepared.plan.chunks.len(), 1);
+        assert_eq!(prepared.plan.chunks[0].files.len(), 1, "the diff still fits");
+        let messages = build_messages(&job, &prepared.plan.fitted(0));
+        let size: usize = messages.iter().map(|m| m.content.len()).sum();
         assert!(size < 60_000, "{size} bytes of prompt");
-        assert!(prepared.messages[1].content.contains("cut: longer than"));
+        assert!(messages[1].content.contains("cut: longer than"));
+    }
+
+    /// Answers each call with one suggestion on the first added line of the first file it shows,
+    /// failing the calls whose number (from 1) is in `fail`.
+    struct Reviewer {
+        calls: Mutex<Vec<String>>,
+        fail: Vec<usize>,
+    }
+
+    impl Reviewer {
+        fn new(fail: &[usize]) -> Self {
+            Self {
+                calls: Mutex::new(Vec::new()),
+                fail: fail.to_vec(),
+            }
+        }
+
+        fn files(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl ModelCall for Reviewer {
+        type Error = ProviderError;
+
+        fn call(&self, messages: &[Message]) -> impl Future<Output = Result<ChatAnswer, ProviderError>> + Send {
+            let user = &messages[1].content;
+            let file = user
+                .split("=== FILE: ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap()
+                .to_owned();
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(file.clone());
+            let failed = self.fail.contains(&calls.len());
+            let json = format!(
+                r#"{{"summary":"{file} reviewed.","suggestions":[{{"file":"{file}","line_start":1,"severity":"medium","body":"check {file}"}}]}}"#
+            );
+            async move {
+                if failed {
+                    Err(ProviderError::Timeout(Duration::from_secs(1)))
+                } else {
+                    Ok(answer(&json))
+                }
+            }
+        }
+    }
+
+    /// A job of `files` files of `lines` added lines each, in separate directories.
+    fn large_job(files: usize, lines: usize) -> Job {
+        let mut job = job();
+        job.diff = (0..files)
+            .map(|f| {
+                let body: String = (0..lines).map(|l| format!("+let v{l} = {l};\n")).collect();
+                format!("--- a/d{f}/m.rs\n+++ b/d{f}/m.rs\n@@ -0,0 +1,{lines} @@\n{body}")
+            })
+            .collect();
+        job
+    }
+
+    #[tokio::test]
+    async fn a_pr_larger_than_a_call_is_reviewed_in_several_calls_and_merged() {
+        let job = large_job(6, 200);
+        let limits = ReviewLimits {
+            max_calls: 3,
+            call_tokens: Some(3_500),
+        };
+        let prepared = prepare(&job, "glm-5.1", limits).unwrap();
+        assert_eq!(prepared.plan.chunks.len(), 3);
+        let model = Reviewer::new(&[]);
+        let review = run(&job, prepared, &model, &mut Progress::default()).await.unwrap();
+        assert_eq!(model.files().len(), 3, "one call per chunk");
+        assert_eq!(review.usage.requests, 3);
+        assert_eq!(review.coverage.calls, 3);
+        assert_eq!(review.coverage.lines_reviewed, 1_200, "every line read");
+        assert_eq!(review.suggestions.len(), 3, "one from each call");
+        for file in model.files() {
+            assert!(review.summary.contains(&format!("{file} reviewed.")), "{}", review.summary);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_review_stopped_after_some_calls_resumes_without_repeating_them() {
+        let job = large_job(6, 200);
+        let limits = ReviewLimits {
+            max_calls: 3,
+            call_tokens: Some(3_500),
+        };
+        let mut progress = Progress::default();
+        let first = Reviewer::new(&[2]);
+        let stopped = run(&job, prepare(&job, "glm-5.1", limits).unwrap(), &first, &mut progress).await;
+        assert!(matches!(stopped, Err(ReviewError::Provider(ProviderError::Timeout(_)))));
+        assert_eq!(progress.answers.len(), 1, "the first call's answer is kept");
+
+        let second = Reviewer::new(&[]);
+        let review = run(&job, prepare(&job, "glm-5.1", limits).unwrap(), &second, &mut progress)
+            .await
+            .unwrap();
+        assert_eq!(second.files().len(), 2, "only the two calls not answered yet");
+        assert!(!second.files().contains(&first.files()[0]));
+        assert_eq!(review.suggestions.len(), 3);
+        assert_eq!(review.usage.requests, 3, "the kept call's usage counts once");
+    }
+
+    #[tokio::test]
+    async fn a_job_lowers_the_call_limit_with_max_calls() {
+        let mut job = large_job(6, 200);
+        job.options.max_calls = Some(1);
+        let limits = ReviewLimits::for_job(3, Some(3_500), &job);
+        assert_eq!(limits.max_calls, 1);
+        assert_eq!(ReviewLimits::for_job(3, None, &{ job.options.max_calls = Some(9); job.clone() }).max_calls, 3, "never raised");
+        job.options.max_calls = Some(1);
+        let model = Reviewer::new(&[]);
+        let review = run(&job, prepare(&job, "glm-5.1", limits).unwrap(), &model, &mut Progress::default())
+            .await
+            .unwrap();
+        assert_eq!(model.files().len(), 1);
+        assert!(review.coverage.lines_reviewed < review.coverage.lines_reviewable);
+        assert!(
+            review
+                .coverage
+                .skipped
+                .iter()
+                .all(|s| s.reason == review_core::contract::SkipReason::MaxCalls)
+        );
     }
 }

@@ -58,6 +58,8 @@ struct Raw {
     api_review_max_job_bytes: Option<String>,
     api_review_max_attempts: Option<String>,
     api_review_max_job_age: Option<String>,
+    api_review_max_calls: Option<String>,
+    api_review_call_tokens: Option<String>,
     api_worker_concurrency: Option<String>,
     api_worker_drain_timeout_ms: Option<String>,
     worker_health_port: Option<String>,
@@ -916,13 +918,30 @@ pub struct ReviewSettings {
     pub max_job_bytes: usize,
     pub max_attempts: u32,
     pub max_job_age: Duration,
+    /// `None`: by endpoint ([`ReviewSettings::max_calls_for`]).
+    pub max_calls: Option<u32>,
+    /// Tokens of diff one review call may carry; `None`: as much as the model's window allows.
+    pub call_tokens: Option<usize>,
 }
 
 const DEFAULT_MAX_JOB_BYTES: usize = 16 * 1024 * 1024;
 const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 const DEFAULT_MAX_JOB_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// On a Coding Plan every prompt counts against the 5-hour window, so a PR gets fewer calls there
+/// than on pay-per-token, where a call costs only its tokens.
+const DEFAULT_MAX_CALLS_CODING_PLAN: u32 = 3;
+const DEFAULT_MAX_CALLS_PAY_PER_TOKEN: u32 = 6;
 
 impl ReviewSettings {
+    /// The most review calls one job may make on `provider`'s endpoint.
+    pub(crate) fn max_calls_for(&self, provider: &ProviderSettings) -> u32 {
+        self.max_calls.unwrap_or(if provider.is_coding_plan() {
+            DEFAULT_MAX_CALLS_CODING_PLAN
+        } else {
+            DEFAULT_MAX_CALLS_PAY_PER_TOKEN
+        })
+    }
+
     fn parse(raw: &Raw) -> Result<Self, Vec<Problem>> {
         let mut found = Found::default();
         let section = Self {
@@ -945,6 +964,15 @@ impl ReviewSettings {
             max_job_age: found.or(
                 duration("API_REVIEW_MAX_JOB_AGE", raw.api_review_max_job_age.as_deref()),
                 DEFAULT_MAX_JOB_AGE,
+            ),
+            max_calls: found.or(
+                number("API_REVIEW_MAX_CALLS", raw.api_review_max_calls.as_deref(), 1..=50).map(|n| n.map(Some)),
+                None,
+            ),
+            call_tokens: found.or(
+                number("API_REVIEW_CALL_TOKENS", raw.api_review_call_tokens.as_deref(), 1_000..=10_000_000)
+                    .map(|n| n.map(Some)),
+                None,
             ),
         };
         found.into_section(section)

@@ -15,6 +15,7 @@ use chrono::Utc;
 use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
+use lapin::types::AMQPValue;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, Span, error, info, info_span, warn};
@@ -23,6 +24,7 @@ use crate::broker::{Broker, Envelope, Refused};
 use crate::coordination::Coordination;
 use crate::executor::{Completed, Executor};
 use crate::fate::{DeadKind, Event, Facts, Fate, decide};
+use crate::progress::Progress;
 use crate::settings::ReviewSettings;
 use crate::status::{Role, WorkerStatus};
 use review_core::contract::{FailureKind, Job, RESULT_SCHEMA_ID, ReviewResult, Status, parse_job, rfc3339};
@@ -110,8 +112,9 @@ impl Worker {
         let started_at = Utc::now();
         let clock = Instant::now();
         let _in_flight = self.status.start_review();
+        let mut progress = Progress::of(envelope);
         let reviewed = tokio::select! {
-            reviewed = self.executor.review(&job) => reviewed,
+            reviewed = self.executor.review(&job, &self.review, &mut progress) => reviewed,
             // Leadership is gone: another replica may call the provider from now on.
             () = self.abandon.cancelled() => return Err(Abandoned.into()),
         };
@@ -134,7 +137,9 @@ impl Worker {
             }
             Err(unfinished) => {
                 let fate = decide(Event::Unfinished(&unfinished), &facts, &self.review);
-                self.settle(fate, Some(&job.job_id), body, envelope).await
+                // A job that waits takes the calls answered so far with it.
+                self.settle_carrying(fate, Some(&job.job_id), body, envelope, progress.header())
+                    .await
             }
         }
     }
@@ -178,6 +183,19 @@ impl Worker {
         body: &[u8],
         envelope: &Envelope,
     ) -> anyhow::Result<&'static str> {
+        self.settle_carrying(fate, job_id, body, envelope, None).await
+    }
+
+    /// [`Worker::settle`], where a job sent back to wait carries `progress` (a [`Progress`]
+    /// header) in place of the one it came with.
+    async fn settle_carrying(
+        &self,
+        fate: Fate,
+        job_id: Option<&str>,
+        body: &[u8],
+        envelope: &Envelope,
+        progress: Option<AMQPValue>,
+    ) -> anyhow::Result<&'static str> {
         let label = fate.label();
         let job_id = job_id.unwrap_or("-");
         match fate {
@@ -194,7 +212,7 @@ impl Worker {
                 reason,
             } => {
                 self.broker
-                    .requeue_later(body, envelope, counters, delay)
+                    .requeue_later(body, envelope, counters, delay, progress)
                     .await
                     .context("put the job back to wait")?;
                 info!(
@@ -511,7 +529,7 @@ pub(crate) fn completed_result(
         usage: Some(review.usage.clone()),
         truncated: Some(review.truncated),
         skipped_files: Some(review.skipped_files.clone()),
-        coverage: None,
+        coverage: Some(review.coverage.clone()),
         attempts: attempts.max(1),
         started_at: Some(rfc3339(started_at)),
         finished_at: rfc3339(Utc::now()),

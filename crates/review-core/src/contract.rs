@@ -240,7 +240,7 @@ pub enum SkipReason {
     Vendored,
     /// Build output, minified or code-generated files, snapshots.
     Generated,
-    /// A deleted file has no new lines for a suggestion to point at.
+    /// Deleted, or only deletes lines: no new line for a suggestion to point at.
     Removed,
     /// Larger than one call's budget: clipped to its most reviewable hunks.
     Budget,

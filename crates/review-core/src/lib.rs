@@ -18,6 +18,8 @@
 //!   becomes "pause until the reset", a 1302 "halve the cap".
 //! - [`answer`]: reading the model's answer in every shape models use, in time linear in its size.
 //! - [`anchor`]: pinning suggestions to changed lines; severity and count filters.
+//! - [`merge`]: the calls of one review into one result: duplicates collapsed, limits applied
+//!   once, one summary.
 
 #![cfg_attr(
     test,
@@ -36,6 +38,7 @@ pub mod classify;
 pub mod context;
 pub mod contract;
 pub mod diff;
+pub mod merge;
 pub mod models;
 pub mod plan;
 pub mod prompt;

@@ -97,7 +97,10 @@ pub fn plan<'a>(
     let mut candidates = Vec::new();
     for file in files {
         let added = count(file.added_line_count());
-        if let Some(reason) = skip_reason(&file, ignore) {
+        let carried = carried.get(file.path.as_ref()).copied().unwrap_or(0);
+        // A file that adds no line (and had none carried) gives a suggestion nowhere to point.
+        let reason = skip_reason(&file, ignore).or((added == 0 && carried == 0).then_some(SkipReason::Removed));
+        if let Some(reason) = reason {
             coverage.skipped.push(SkippedFile {
                 file: file.path.to_string(),
                 reason,
@@ -107,9 +110,8 @@ pub fn plan<'a>(
             plan.skipped_files.push(file.path.into_owned());
             continue;
         }
-        let total = added.saturating_add(carried.get(file.path.as_ref()).copied().unwrap_or(0));
-        reviewable.push((file.path.to_string(), total));
-        if !file.hunks.is_empty() {
+        reviewable.push((file.path.to_string(), added.saturating_add(carried)));
+        if added > 0 {
             candidates.push(file);
         }
     }
@@ -157,7 +159,7 @@ pub fn plan<'a>(
         coverage.lines_reviewable = coverage.lines_reviewable.saturating_add(*total);
         coverage.lines_reviewed = coverage.lines_reviewed.saturating_add(reviewed);
         coverage.lines_carried = coverage.lines_carried.saturating_add(carried);
-        if reviewed > 0 || *total == 0 {
+        if reviewed > 0 {
             coverage.files_reviewed = coverage.files_reviewed.saturating_add(1);
         }
         if reviewed < *total {
