@@ -16,6 +16,8 @@
 //!   becomes "pause until the reset", a 1302 "halve the cap".
 //! - [`answer`]: reading the model's answer in every shape models use, in time linear in its size.
 //! - [`anchor`]: pinning suggestions to changed lines; severity and count filters.
+//! - [`carry`]: carrying a review forward between pushes: hunks the job's `previous_result`
+//!   covered are not sent again, and its suggestions on them come back at their new lines.
 
 #![cfg_attr(
     test,
@@ -29,6 +31,7 @@
 
 pub mod anchor;
 pub mod answer;
+pub mod carry;
 pub mod chat;
 pub mod classify;
 pub mod context;
