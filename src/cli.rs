@@ -121,6 +121,7 @@ pub async fn review_once(settings: &Settings, args: &ReviewArgs) -> anyhow::Resu
             ..ReviewOptions::default()
         },
         created_at: None,
+        previous_result: None,
     };
     let executor = crate::app::build_executor(settings)?;
     let started = chrono::Utc::now();

@@ -5,14 +5,16 @@
 //! the old file) and misspell paths, so each suggestion is matched to a file, then kept, shrunk,
 //! moved to the code it quotes or to a changed line next to it, or dropped; never passed on as
 //! the model wrote it. `min_severity` and `max_suggestions` are applied here too, after anchoring,
-//! so that the limit counts only suggestions that can be shown.
+//! so that the limit counts only suggestions that can be shown. Each suggestion is stamped with
+//! the fingerprint of the hunk it lands in, so that a later push can carry it forward
+//! ([`crate::carry`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 
 use crate::answer::RawSuggestion;
 use crate::contract::{ReviewOptions, Severity, Suggestion};
-use crate::diff::{FileDiff, LineKind};
+use crate::diff::{FileDiff, LineKind, fingerprint};
 
 /// The suggestions that made it, with counts for logs and metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -36,9 +38,10 @@ pub fn anchor(raw: Vec<RawSuggestion>, files: &[FileDiff<'_>], options: &ReviewO
     let total = raw.len();
     let added: Vec<AddedLines<'_>> = files.iter().map(AddedLines::of).collect();
     let index = FileIndex::of(files);
+    let mut prints = Fingerprints::default();
     let mut kept: Vec<Placed> = raw
         .into_iter()
-        .filter_map(|suggestion| place(suggestion, files, &index, &added))
+        .filter_map(|suggestion| place(suggestion, files, &index, &added, &mut prints))
         .collect();
     if let Some(min) = options.min_severity {
         kept.retain(|placed| placed.suggestion.severity >= min);
@@ -69,20 +72,31 @@ struct Placed {
     moved: bool,
 }
 
-/// What a file's diff added: where suggestions may point, and the text there.
+/// What a file's diff added: where suggestions may point, the text there, and which hunk added
+/// it.
 struct AddedLines<'a> {
     changed: BTreeSet<u32>,
-    text: BTreeMap<u32, &'a str>,
+    text: BTreeMap<u32, Added<'a>>,
+}
+
+#[derive(Clone, Copy)]
+struct Added<'a> {
+    text: &'a str,
+    /// Index in the file's `hunks`.
+    hunk: usize,
 }
 
 impl<'a> AddedLines<'a> {
     /// Sections of one path merged from a patch series may add the same line number twice; the
-    /// later text wins, as the later commit's does.
+    /// later text (and hunk) wins, as the later commit's does.
     fn of(file: &FileDiff<'a>) -> Self {
         let text = file
-            .lines()
-            .filter(|line| line.kind == LineKind::Added)
-            .filter_map(|line| Some((line.new_line?, line.text)))
+            .hunks
+            .iter()
+            .enumerate()
+            .flat_map(|(hunk, lines)| lines.lines().map(move |line| (hunk, line)))
+            .filter(|(_, line)| line.kind == LineKind::Added)
+            .filter_map(|(hunk, line)| Some((line.new_line?, Added { text: line.text, hunk })))
             .collect();
         Self {
             changed: file.changed_lines(),
@@ -91,13 +105,41 @@ impl<'a> AddedLines<'a> {
     }
 }
 
-fn place(raw: RawSuggestion, files: &[FileDiff<'_>], by: &FileIndex<'_>, added: &[AddedLines<'_>]) -> Option<Placed> {
+/// The fingerprints of the hunks suggestions landed in, each hashed once: an answer may put many
+/// suggestions in one large hunk.
+#[derive(Default)]
+struct Fingerprints(HashMap<(usize, usize), String>);
+
+impl Fingerprints {
+    fn of(&mut self, files: &[FileDiff<'_>], file: usize, hunk: usize) -> Option<String> {
+        if let Some(print) = self.0.get(&(file, hunk)) {
+            return Some(print.clone());
+        }
+        let diff = files.get(file)?;
+        let print = fingerprint(&diff.path, diff.hunks.get(hunk)?);
+        self.0.insert((file, hunk), print.clone());
+        Some(print)
+    }
+}
+
+fn place(
+    raw: RawSuggestion,
+    files: &[FileDiff<'_>],
+    by: &FileIndex<'_>,
+    added: &[AddedLines<'_>],
+    prints: &mut Fingerprints,
+) -> Option<Placed> {
     let body = raw.body.trim();
     if body.is_empty() {
         return None;
     }
     let index = match_file(&raw.file, by)?;
     let (line_start, line_end, moved) = place_lines(&raw, &added[index])?;
+    // `line_start` is an added line, so some hunk holds it.
+    let fingerprint = added[index]
+        .text
+        .get(&line_start)
+        .and_then(|line| prints.of(files, index, line.hunk));
     Some(Placed {
         suggestion: Suggestion {
             file: files[index].path.clone().into_owned(),
@@ -109,7 +151,7 @@ fn place(raw: RawSuggestion, files: &[FileDiff<'_>], by: &FileIndex<'_>, added: 
             body: body.to_owned(),
             existing_code: raw.existing_code,
             improved_code: raw.improved_code,
-            fingerprint: None,
+            fingerprint,
             carried: false,
         },
         moved,
@@ -266,7 +308,7 @@ fn quoted_lines(existing_code: Option<&str>, added: &AddedLines<'_>, start: i64,
     let first = added
         .text
         .iter()
-        .filter(|(_, text)| text.trim() == *first_text)
+        .filter(|(_, added)| added.text.trim() == *first_text)
         .map(|(&line, _)| line)
         .min_by_key(|&line| (distance(line, start, end), line))?;
     let mut last = first;
@@ -275,7 +317,7 @@ fn quoted_lines(existing_code: Option<&str>, added: &AddedLines<'_>, start: i64,
             break;
         };
         match added.text.get(&next) {
-            Some(text) if text.trim() == *expected => last = next,
+            Some(added) if added.text.trim() == *expected => last = next,
             _ => break,
         }
     }
@@ -399,13 +441,61 @@ mod tests {
                     body: "Fix this.".into(),
                     existing_code: Some("x".into()),
                     improved_code: Some("y".into()),
-                    fingerprint: None,
+                    fingerprint: Some(fingerprint("src/lib.rs", &files[0].hunks[1])),
                     carried: false,
                 }],
                 dropped: 0,
                 reanchored: 0,
             }
         );
+    }
+
+    #[test]
+    fn each_suggestion_carries_the_fingerprint_of_the_hunk_its_first_line_is_in() {
+        // Hunks: [0] removes a line, [1] adds 10..=12, [2] adds 20..=21.
+        let files = [lines("src/lib.rs", &[10, 11, 12, 20, 21])];
+        let first = fingerprint("src/lib.rs", &files[0].hunks[1]);
+        let second = fingerprint("src/lib.rs", &files[0].hunks[2]);
+        assert_ne!(first, second);
+        let anchored = anchor(
+            vec![
+                raw("src/lib.rs", 11, Some(12)),
+                raw("src/lib.rs", 21, None),
+                // Moved onto line 20, the nearest changed line.
+                raw("src/lib.rs", 18, None),
+            ],
+            &files,
+            &no_limits(),
+        );
+        let prints: Vec<_> = anchored
+            .suggestions
+            .iter()
+            .map(|s| (s.line_start, s.fingerprint.as_deref()))
+            .collect();
+        assert_eq!(
+            prints,
+            [
+                (11, Some(first.as_str())),
+                (21, Some(second.as_str())),
+                (20, Some(second.as_str()))
+            ]
+        );
+        assert!(anchored.suggestions.iter().all(|s| !s.carried));
+    }
+
+    #[test]
+    fn of_two_hunks_adding_one_line_number_the_later_names_the_suggestion() {
+        // A patch series merged into one file: both commits added line 5.
+        let mut file = lines("src/lib.rs", &[5]);
+        file.hunks.push(Hunk::new(
+            "@@ -5,0 +5,1 @@
++y
+",
+        ));
+        let later = fingerprint("src/lib.rs", &file.hunks[2]);
+        assert_ne!(later, fingerprint("src/lib.rs", &file.hunks[1]));
+        let anchored = anchor(vec![raw("src/lib.rs", 5, None)], &[file], &no_limits());
+        assert_eq!(anchored.suggestions[0].fingerprint, Some(later));
     }
 
     #[test]

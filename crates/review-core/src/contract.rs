@@ -14,7 +14,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 pub(crate) use parse::MAX_FILES;
-pub use parse::{RejectedJob, parse_job};
+pub use parse::{MAX_PREVIOUS_HUNKS, MAX_PREVIOUS_SUGGESTIONS, RejectedJob, parse_job};
 
 pub(crate) const JOB_SCHEMA_ID: &str = "review-job/v1";
 pub const RESULT_SCHEMA_ID: &str = "review-result/v1";
@@ -34,6 +34,20 @@ pub struct Job {
     pub files: Vec<JobFile>,
     pub options: ReviewOptions,
     pub created_at: Option<DateTime<Utc>>,
+    /// The last result for this PR, echoed back by the producer: what carry-forward needs of it.
+    pub previous_result: Option<PreviousResult>,
+}
+
+/// What a job's `previous_result` (a `review-result/v1` echoed back) gives carry-forward
+/// ([`crate::carry`]): the suggestions and the hunks they were found in. Read leniently, so that
+/// a result of an older worker (no `coverage`, no fingerprints) is nothing to carry rather than
+/// an invalid job; typed strictly where present.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PreviousResult {
+    /// At most [`MAX_PREVIOUS_SUGGESTIONS`].
+    pub suggestions: Vec<Suggestion>,
+    /// `coverage.hunks`; at most [`MAX_PREVIOUS_HUNKS`].
+    pub hunks: Vec<HunkRef>,
 }
 
 #[derive(Debug, Clone)]

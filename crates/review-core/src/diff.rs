@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 
-use crate::contract::{FileStatusHint, JobFile, MAX_FILES};
+use crate::contract::{FileStatusHint, HunkRef, JobFile, MAX_FILES};
 
 pub mod rendered;
 
@@ -369,6 +369,59 @@ pub(crate) fn hunk_size(hunk: &Hunk<'_>) -> TextSize {
 /// The size of [`render_into`]'s output for `file`.
 pub(crate) fn rendered_size(file: &FileDiff<'_>) -> TextSize {
     file.hunks.iter().map(hunk_size).fold(header_size(file), TextSize::add)
+}
+
+/// Hex digits of a [`fingerprint`]: 64 bits, so two different hunks of one PR share one with a
+/// chance of about one in 10^19 per pair.
+const FINGERPRINT_HEX: usize = 16;
+
+/// A hunk's identity across pushes: the same text on every machine and Rust version (SHA-256,
+/// not `std`'s hasher, whose output is not stable), over the file's `path` and the hunk's lines
+/// (kind and text) but not its numbers or its `@@` section. A hunk that only moved (lines
+/// added or removed above it) keeps its fingerprint; one changed character, or the same lines in
+/// another file, gives another. It ends up in results and comes back in a later job's
+/// `previous_result`, so changing what it covers discards every producer's carried reviews once.
+///
+/// `\ No newline at end of file` notes and `\r` line ends do not count: they are not part of
+/// the lines a suggestion is about.
+pub fn fingerprint(path: &str, hunk: &Hunk<'_>) -> String {
+    use sha2::{Digest, Sha256};
+
+    let mut hasher = Sha256::new();
+    // The path's length first, so that no path and lines can spell another's; a line cannot hold
+    // a `\n`, so each line's end is unambiguous.
+    hasher.update(u64::try_from(path.len()).unwrap_or(u64::MAX).to_le_bytes());
+    hasher.update(path.as_bytes());
+    for line in hunk.lines() {
+        let marker: &[u8] = match line.kind {
+            LineKind::Context => b" ",
+            LineKind::Added => b"+",
+            LineKind::Removed => b"-",
+        };
+        hasher.update(marker);
+        hasher.update(line.text.as_bytes());
+        hasher.update(b"\n");
+    }
+    let mut hex = String::with_capacity(FINGERPRINT_HEX);
+    for byte in hasher.finalize().iter().take(FINGERPRINT_HEX / 2) {
+        // Writing to a String cannot fail.
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+/// Where a hunk of the file at `path` is, as a result's `coverage.hunks` lists it: its
+/// [`fingerprint`] and the first new-file line its header gives. A hunk that only removes lines
+/// gives the line after which they were, which is 0 at the top of a file; the contract's lines
+/// start at 1, and such a hunk has no line a suggestion could shift with, so it says 1. Carrying
+/// a review forward shifts suggestions by the difference of two such lines, so both must come
+/// from here.
+pub fn hunk_ref(path: &str, hunk: &Hunk<'_>) -> HunkRef {
+    HunkRef {
+        file: path.to_owned(),
+        fingerprint: fingerprint(path, hunk),
+        line: hunk.new_start().max(1),
+    }
 }
 
 /// Parses `git diff` output, or a plain unified diff (`---`/`+++` headers only), into files.
@@ -1455,6 +1508,61 @@ diff --git a/src/other.rs b/src/other.rs
              @@ -99999 +1234567,2 @@ fn x\n-x\n+y\n+é日\n",
         );
         assert_eq!(rendered_size(&renamed), TextSize::of(&render_for_prompt(&renamed)));
+    }
+
+    #[test]
+    fn a_hunk_that_only_moved_keeps_its_fingerprint() {
+        let before = parse_one(MODIFIED);
+        let text = MODIFIED.replace("@@ -10,4 +10,5 @@ fn main() {", "@@ -12,4 +40,5 @@ fn other() {");
+        let moved = parse_one(&text);
+        assert_ne!(before.hunks[0].new_start(), moved.hunks[0].new_start());
+        assert_eq!(
+            fingerprint("src/lib.rs", &before.hunks[0]),
+            fingerprint("src/lib.rs", &moved.hunks[0])
+        );
+        assert_eq!(hunk_ref("src/lib.rs", &moved.hunks[0]).line, 40);
+    }
+
+    #[test]
+    fn one_changed_character_changes_the_fingerprint() {
+        let before = parse_one(MODIFIED);
+        for changed in [
+            MODIFIED.replace("let c = 4;", "let c = 5;"),
+            MODIFIED.replace("+    let c = 4;", "     let c = 4;"),
+            MODIFIED.replace("     let d = 5;", "     let d = 5; "),
+        ] {
+            let after = parse_one(&changed);
+            assert_ne!(
+                fingerprint("src/lib.rs", &before.hunks[0]),
+                fingerprint("src/lib.rs", &after.hunks[0]),
+                "{changed}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_same_hunk_in_another_file_has_another_fingerprint() {
+        let file = parse_one(MODIFIED);
+        assert_ne!(
+            fingerprint("src/lib.rs", &file.hunks[0]),
+            fingerprint("src/main.rs", &file.hunks[0])
+        );
+        // The path's length is hashed first, so a path cannot borrow the first line's text.
+        let short = Hunk::new("@@ -1 +1 @@\n+ab\n");
+        let long = Hunk::new("@@ -1 +1 @@\n+b\n");
+        assert_ne!(fingerprint("x", &short), fingerprint("x+a", &long));
+    }
+
+    #[test]
+    fn a_fingerprint_is_sixteen_hex_digits_and_the_same_on_every_machine() {
+        let file = parse_one(MODIFIED);
+        let print = fingerprint("src/lib.rs", &file.hunks[0]);
+        assert_eq!(print.len(), 16);
+        assert!(print.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        // Pinned (and checked with Python's hashlib: the first 8 bytes of SHA-256 over the path's
+        // length as a little-endian u64, the path, then each line as marker, text, `\n`). A new
+        // value here means every stored fingerprint stops matching.
+        assert_eq!(print, "6a82addf51f68bff");
     }
 
     /// Lines read while parsing `text` and walking every line of the result.

@@ -20,6 +20,8 @@
 //! - [`anchor`]: pinning suggestions to changed lines; severity and count filters.
 //! - [`merge`]: the calls of one review into one result: duplicates collapsed, limits applied
 //!   once, one summary.
+//! - [`carry`]: carrying a review forward between pushes: hunks the job's `previous_result`
+//!   covered are not sent again, and its suggestions on them come back at their new lines.
 
 #![cfg_attr(
     test,
@@ -33,6 +35,7 @@
 
 pub mod anchor;
 pub mod answer;
+pub mod carry;
 pub mod chat;
 pub mod classify;
 pub mod context;

@@ -16,7 +16,10 @@ use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, de::Error as _};
 use serde_json::value::RawValue;
 
-use super::{FileStatusHint, JOB_SCHEMA_ID, Job, JobFile, PullRequest, Repository, ReviewOptions, Severity};
+use super::{
+    FileStatusHint, HunkRef, JOB_SCHEMA_ID, Job, JobFile, PreviousResult, PullRequest, Repository, ReviewOptions,
+    Severity, Suggestion,
+};
 
 /// `job_id` in bytes: the worker publishes results with `message_id = "{job_id}:result"`, and an
 /// AMQP short string holds 255 bytes. JSON Schema's `maxLength` counts characters, so 128 `é`
@@ -29,6 +32,13 @@ pub(crate) const MAX_FILES: usize = 20_000;
 /// `maxLength`): every pattern compiles into the matcher, so these bound its size.
 pub(crate) const MAX_IGNORE_PATHS: usize = 1_000;
 pub(crate) const MAX_PATTERN_CHARS: usize = 1_024;
+/// `previous_result.coverage.hunks` and `previous_result.suggestions` entries (the schema's
+/// `maxItems`). They bound what an echoed result may cost once parsed (a hunk entry holds two
+/// strings, a suggestion up to seven); a result holds at most as many hunks as its review read,
+/// and a worker must not list more than these in `coverage.hunks` and `suggestions`, or the
+/// producer's echo makes the next job invalid.
+pub const MAX_PREVIOUS_HUNKS: usize = 20_000;
+pub const MAX_PREVIOUS_SUGGESTIONS: usize = 10_000;
 
 /// Why a message body is not a job we can review. The texts are short and quote nothing from the
 /// body.
@@ -149,6 +159,8 @@ struct JobFields<'a> {
     options: Field<'a>,
     #[serde(borrow)]
     created_at: Field<'a>,
+    #[serde(borrow)]
+    previous_result: Field<'a>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -213,6 +225,62 @@ struct OptionsFields<'a> {
     max_calls: Field<'a>,
 }
 
+/// The parts of an echoed `review-result/v1` that carry-forward reads; the rest (`summary`,
+/// `usage`, timestamps…) is skipped unread, as unknown properties are.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PreviousResultFields<'a> {
+    #[serde(borrow)]
+    suggestions: Field<'a>,
+    #[serde(borrow)]
+    coverage: Field<'a>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct CoverageFields<'a> {
+    #[serde(borrow)]
+    hunks: Field<'a>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct HunkRefFields<'a> {
+    #[serde(borrow)]
+    file: Field<'a>,
+    #[serde(borrow)]
+    fingerprint: Field<'a>,
+    #[serde(borrow)]
+    line: Field<'a>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SuggestionFields<'a> {
+    #[serde(borrow)]
+    file: Field<'a>,
+    #[serde(borrow)]
+    line_start: Field<'a>,
+    #[serde(borrow)]
+    line_end: Field<'a>,
+    #[serde(borrow)]
+    severity: Field<'a>,
+    #[serde(borrow)]
+    label: Field<'a>,
+    #[serde(borrow)]
+    title: Field<'a>,
+    #[serde(borrow)]
+    body: Field<'a>,
+    #[serde(borrow)]
+    existing_code: Field<'a>,
+    #[serde(borrow)]
+    improved_code: Field<'a>,
+    #[serde(borrow)]
+    fingerprint: Field<'a>,
+    #[serde(borrow)]
+    carried: Field<'a>,
+}
+
 fn validate(fields: &JobFields<'_>) -> Checked<Job> {
     match fields.schema.0 {
         None => return Err(Problem::new("/", "`schema` is required")),
@@ -228,6 +296,7 @@ fn validate(fields: &JobFields<'_>) -> Checked<Job> {
     let files = optional(fields.files, job_files)?;
     let options = optional(fields.options, options)?.unwrap_or_default();
     let created_at = optional(fields.created_at, created_at)?;
+    let previous_result = optional(fields.previous_result, previous_result)?;
 
     let has_diff = diff.as_ref().is_some_and(|diff| !diff.is_empty());
     let has_files = files.as_ref().is_some_and(|files| !files.is_empty());
@@ -245,6 +314,7 @@ fn validate(fields: &JobFields<'_>) -> Checked<Job> {
         files: files.unwrap_or_default(),
         options,
         created_at,
+        previous_result,
     })
 }
 
@@ -391,6 +461,94 @@ fn options(raw: &RawValue) -> Checked<ReviewOptions> {
             integer(raw, "/options/max_calls", 1).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
         })?,
     })
+}
+
+/// An echoed result. Without `coverage` (a result of a worker before it, or a failed one) there
+/// are no hunks, so nothing is carried; suggestions without a `fingerprint` are read and then
+/// never match. What is present must have the result schema's types.
+fn previous_result(raw: &RawValue) -> Checked<PreviousResult> {
+    let fields: PreviousResultFields<'_> = object(raw, "/previous_result")?;
+    let suggestions = match fields.suggestions.0 {
+        None => Vec::new(),
+        Some(raw) => array::<MAX_PREVIOUS_SUGGESTIONS>(raw, "/previous_result/suggestions")?
+            .into_iter()
+            .enumerate()
+            .map(|(index, raw)| suggestion(raw, &format!("/previous_result/suggestions/{index}")))
+            .collect::<Checked<_>>()?,
+    };
+    let hunks = match fields.coverage.0 {
+        None => Vec::new(),
+        Some(raw) => {
+            let coverage: CoverageFields<'_> = object(raw, "/previous_result/coverage")?;
+            match coverage.hunks.0 {
+                None => Vec::new(),
+                Some(raw) => array::<MAX_PREVIOUS_HUNKS>(raw, "/previous_result/coverage/hunks")?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, raw)| hunk_ref(raw, &format!("/previous_result/coverage/hunks/{index}")))
+                    .collect::<Checked<_>>()?,
+            }
+        }
+    };
+    Ok(PreviousResult { suggestions, hunks })
+}
+
+fn hunk_ref(raw: &RawValue, at: &str) -> Checked<HunkRef> {
+    let fields: HunkRefFields<'_> = object(raw, at)?;
+    Ok(HunkRef {
+        file: string(required(fields.file, at, "file")?, &format!("{at}/file"), Length::ANY)?,
+        fingerprint: string(
+            required(fields.fingerprint, at, "fingerprint")?,
+            &format!("{at}/fingerprint"),
+            Length::ANY,
+        )?,
+        line: line(required(fields.line, at, "line")?, &format!("{at}/line"))?,
+    })
+}
+
+fn suggestion(raw: &RawValue, at: &str) -> Checked<Suggestion> {
+    let fields: SuggestionFields<'_> = object(raw, at)?;
+    let text = |field: Field<'_>, name: &str| optional(field, |raw| string(raw, &format!("{at}/{name}"), Length::ANY));
+    let severity = one_of(
+        required(fields.severity, at, "severity")?,
+        &format!("{at}/severity"),
+        &["low", "medium", "high", "critical"],
+    )?;
+    Ok(Suggestion {
+        file: string(required(fields.file, at, "file")?, &format!("{at}/file"), Length::ANY)?,
+        line_start: line(
+            required(fields.line_start, at, "line_start")?,
+            &format!("{at}/line_start"),
+        )?,
+        line_end: line(required(fields.line_end, at, "line_end")?, &format!("{at}/line_end"))?,
+        severity: match severity {
+            "low" => Severity::Low,
+            "medium" => Severity::Medium,
+            "high" => Severity::High,
+            _ => Severity::Critical,
+        },
+        label: text(fields.label, "label")?,
+        title: text(fields.title, "title")?,
+        body: string(required(fields.body, at, "body")?, &format!("{at}/body"), Length::ANY)?,
+        existing_code: text(fields.existing_code, "existing_code")?,
+        improved_code: text(fields.improved_code, "improved_code")?,
+        fingerprint: text(fields.fingerprint, "fingerprint")?,
+        carried: optional(fields.carried, |raw| boolean(raw, &format!("{at}/carried")))?.unwrap_or(false),
+    })
+}
+
+/// A line number of the contract: an integer of at least 1. One past `u32::MAX` is still a line
+/// the schema allows; it is held as `u32::MAX`, which no diff reaches, so it matches nothing.
+fn line(raw: &RawValue, at: &str) -> Checked<u32> {
+    integer(raw, at, 1).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+fn boolean(raw: &RawValue, at: &str) -> Checked<bool> {
+    match raw.get().trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(Problem::new(at, format!("must be a boolean, not {}", kind(raw)))),
+    }
 }
 
 fn created_at(raw: &RawValue) -> Checked<DateTime<Utc>> {
@@ -655,6 +813,9 @@ mod tests {
     use std::sync::LazyLock;
 
     const EXAMPLE_JOB: &str = include_str!("../../../../docs/contract/examples/job.json");
+    const EXAMPLE_WITH_PREVIOUS: &str =
+        include_str!("../../../../docs/contract/examples/job-with-previous-result.json");
+    const EXAMPLE_RESULT: &str = include_str!("../../../../docs/contract/examples/result-completed.json");
 
     /// The schema the code must agree with, compiled as a producer's validator would.
     static SCHEMA: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
@@ -666,8 +827,22 @@ mod tests {
             .unwrap()
     });
 
+    /// The result schema, which an echoed `previous_result` came from.
+    static RESULT_SCHEMA: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
+        let schema: Value =
+            serde_json::from_str(include_str!("../../../../docs/contract/review-result.v1.schema.json")).unwrap();
+        jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .build(&schema)
+            .unwrap()
+    });
+
     fn example() -> Value {
         serde_json::from_str(EXAMPLE_JOB).unwrap()
+    }
+
+    fn example_with_previous() -> Value {
+        serde_json::from_str(EXAMPLE_WITH_PREVIOUS).unwrap()
     }
 
     fn parse(value: &Value) -> Result<Job, RejectedJob> {
@@ -698,6 +873,139 @@ mod tests {
         assert_eq!(
             job.created_at.map(|at| at.to_rfc3339()).as_deref(),
             Some("2026-11-26T12:00:00+00:00")
+        );
+    }
+
+    #[test]
+    fn the_example_job_with_a_previous_result_is_valid_and_read_whole() {
+        let job = example_with_previous();
+        assert!(
+            SCHEMA.is_valid(&job),
+            "{:?}",
+            SCHEMA.iter_errors(&job).map(|e| e.to_string()).collect::<Vec<_>>()
+        );
+        assert!(
+            RESULT_SCHEMA.is_valid(&job["previous_result"]),
+            "the echo is a result as the worker published it"
+        );
+        let previous = parse(&job).unwrap().previous_result.unwrap();
+        assert_eq!(
+            previous.hunks,
+            [HunkRef {
+                file: "src/refund.rs".to_owned(),
+                fingerprint: "47b5cb8a44ac9b81".to_owned(),
+                line: 1,
+            }]
+        );
+        let [suggestion] = previous.suggestions.as_slice() else {
+            panic!("{previous:?}")
+        };
+        assert_eq!((suggestion.line_start, suggestion.line_end), (4, 4));
+        assert_eq!(suggestion.severity, Severity::High);
+        assert_eq!(suggestion.fingerprint.as_deref(), Some("47b5cb8a44ac9b81"));
+        assert!(
+            suggestion
+                .existing_code
+                .as_deref()
+                .is_some_and(|code| code.contains(r#"v["amount"]"#))
+        );
+        assert!(!suggestion.carried);
+        assert!(parse(&example()).unwrap().previous_result.is_none());
+    }
+
+    #[test]
+    fn a_previous_result_of_an_older_worker_is_read_as_nothing_to_carry() {
+        let mut job = example();
+        job["previous_result"] = serde_json::from_str(EXAMPLE_RESULT).unwrap();
+        assert!(SCHEMA.is_valid(&job));
+        let previous = parse(&job).unwrap().previous_result.unwrap();
+        assert!(previous.hunks.is_empty(), "no coverage, no hunks");
+        assert_eq!(previous.suggestions.len(), 1);
+        assert_eq!(previous.suggestions[0].fingerprint, None);
+        job["previous_result"] =
+            json!({"schema": "review-result/v1", "status": "failed", "error": {"kind": "expired"}});
+        assert_eq!(parse(&job).unwrap().previous_result, Some(PreviousResult::default()));
+    }
+
+    #[test]
+    fn a_mistyped_previous_result_is_refused_at_its_place() {
+        let cases = [
+            (
+                "/previous_result",
+                json!([]),
+                "at /previous_result: must be an object, not an array",
+            ),
+            (
+                "/previous_result/coverage/hunks/0/line",
+                json!("1"),
+                "at /previous_result/coverage/hunks/0/line: must be an integer of at least 1, not a string",
+            ),
+            (
+                "/previous_result/coverage/hunks/0/line",
+                json!(0),
+                "at /previous_result/coverage/hunks/0/line: must be at least 1",
+            ),
+            (
+                "/previous_result/suggestions/0/fingerprint",
+                json!(7),
+                "at /previous_result/suggestions/0/fingerprint: must be a string, not a number",
+            ),
+            (
+                "/previous_result/suggestions/0/carried",
+                json!("yes"),
+                "at /previous_result/suggestions/0/carried: must be a boolean, not a string",
+            ),
+            (
+                "/previous_result/suggestions/0/severity",
+                json!("major"),
+                "at /previous_result/suggestions/0/severity: must be one of low, medium, high, critical",
+            ),
+            (
+                "/previous_result/coverage",
+                json!(null),
+                "at /previous_result/coverage: must be an object, not null",
+            ),
+        ];
+        for (place, value, expected) in cases {
+            let mut job = example_with_previous();
+            mutate(&mut job, place, Some(value));
+            assert!(!SCHEMA.is_valid(&job), "{place}");
+            assert_eq!(schema_message(&job), expected);
+        }
+        let mut job = example_with_previous();
+        job["previous_result"]["coverage"]["hunks"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("fingerprint");
+        assert_eq!(
+            schema_message(&job),
+            "at /previous_result/coverage/hunks/0: `fingerprint` is required"
+        );
+    }
+
+    #[test]
+    fn previous_hunks_and_suggestions_beyond_their_caps_are_refused_like_the_schema_does() {
+        let mut job = example_with_previous();
+        let hunk = job["previous_result"]["coverage"]["hunks"][0].clone();
+        job["previous_result"]["coverage"]["hunks"] = json!(vec![hunk.clone(); MAX_PREVIOUS_HUNKS]);
+        assert!(SCHEMA.is_valid(&job));
+        assert_eq!(
+            parse(&job).unwrap().previous_result.unwrap().hunks.len(),
+            MAX_PREVIOUS_HUNKS
+        );
+        job["previous_result"]["coverage"]["hunks"] = json!(vec![hunk; MAX_PREVIOUS_HUNKS + 1]);
+        assert!(!SCHEMA.is_valid(&job));
+        assert_eq!(
+            schema_message(&job),
+            format!("at /previous_result/coverage/hunks: has more than {MAX_PREVIOUS_HUNKS} entries")
+        );
+        let mut job = example_with_previous();
+        let suggestion = job["previous_result"]["suggestions"][0].clone();
+        job["previous_result"]["suggestions"] = json!(vec![suggestion; MAX_PREVIOUS_SUGGESTIONS + 1]);
+        assert!(!SCHEMA.is_valid(&job));
+        assert_eq!(
+            schema_message(&job),
+            format!("at /previous_result/suggestions: has more than {MAX_PREVIOUS_SUGGESTIONS} entries")
         );
     }
 
@@ -859,6 +1167,10 @@ mod tests {
             Just(json!([{"path": "a.rs"}])),
             Just(json!({"full_name": "a/b"})),
             Just(json!({"number": 3})),
+            Just(json!({"file": "a.rs", "fingerprint": "0123456789abcdef", "line": 3})),
+            Just(json!([{"file": "a.rs", "fingerprint": "f", "line": 1}])),
+            Just(json!({"file": "a.rs", "line_start": 2, "line_end": 2, "severity": "low", "body": "b"})),
+            Just(json!({"hunks": []})),
         ]
     }
 
@@ -886,6 +1198,20 @@ mod tests {
         "/options/ignore_paths/0",
         "/created_at",
         "/unknown",
+        "/previous_result",
+        "/previous_result/status",
+        "/previous_result/suggestions",
+        "/previous_result/suggestions/0",
+        "/previous_result/suggestions/0/line_start",
+        "/previous_result/suggestions/0/severity",
+        "/previous_result/suggestions/0/body",
+        "/previous_result/suggestions/0/fingerprint",
+        "/previous_result/suggestions/0/carried",
+        "/previous_result/coverage",
+        "/previous_result/coverage/hunks",
+        "/previous_result/coverage/hunks/0",
+        "/previous_result/coverage/hunks/0/file",
+        "/previous_result/coverage/hunks/0/line",
     ];
 
     /// Sets (or with `None` removes) the value at `place`, when its parent exists.
@@ -941,8 +1267,9 @@ mod tests {
                 1..4,
             ),
             with_files in any::<bool>(),
+            with_previous in any::<bool>(),
         ) {
-            let mut job = example();
+            let mut job = if with_previous { example_with_previous() } else { example() };
             if with_files {
                 job["files"] = json!([{"path": "src/a.rs", "patch": "@@ -1 +1 @@\n-a\n+b\n"}]);
                 job["options"]["ignore_paths"] = json!(["vendor/"]);
