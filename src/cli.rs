@@ -125,7 +125,10 @@ pub async fn review_once(settings: &Settings, args: &ReviewArgs) -> anyhow::Resu
     };
     let executor = crate::app::build_executor(settings)?;
     let started = chrono::Utc::now();
-    let unfinished = match executor.review(&job, &settings.review, &mut crate::progress::Progress::default()).await {
+    let unfinished = match executor
+        .review(&job, &settings.review, &mut crate::progress::Progress::default())
+        .await
+    {
         Ok(completed) => {
             let mut result = crate::worker::completed_result(&job, &completed, 1, started);
             if invalid > 0 {

@@ -24,8 +24,8 @@ use tracing::{error, info, warn};
 
 use crate::fate::Unfinished;
 use crate::limits::{AdaptiveLimit, Pause, PauseState};
-use crate::provider::{Action, ChatAnswer, Message, Provider, ProviderError};
 use crate::progress::Progress;
+use crate::provider::{Action, ChatAnswer, Message, Provider, ProviderError};
 use crate::review::{self, Review, ReviewError, ReviewLimits};
 use crate::settings::ReviewSettings;
 use review_core::contract::Job;

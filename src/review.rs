@@ -49,7 +49,11 @@ impl ReviewLimits {
     /// The endpoint's limits, lowered (never raised) by the job's `options.max_calls`.
     pub(crate) fn for_job(max_calls: u32, call_tokens: Option<usize>, job: &Job) -> Self {
         Self {
-            max_calls: job.options.max_calls.map_or(max_calls, |asked| asked.min(max_calls)).max(1),
+            max_calls: job
+                .options
+                .max_calls
+                .map_or(max_calls, |asked| asked.min(max_calls))
+                .max(1),
             call_tokens,
         }
     }
@@ -114,15 +118,16 @@ pub(crate) fn prepare<'a>(job: &'a Job, model: &str, limits: ReviewLimits) -> Re
         },
     );
     let frame_tokens: usize = frame.iter().map(|m| estimate_tokens(&m.content)).sum();
-    let window_budget =
-        window.saturating_sub(output_reserve(window).saturating_add(frame_tokens).saturating_add(256));
-    let call_tokens = limits.call_tokens.map_or(window_budget, |tokens| tokens.min(window_budget));
+    let window_budget = window.saturating_sub(output_reserve(window).saturating_add(frame_tokens).saturating_add(256));
+    let call_tokens = limits
+        .call_tokens
+        .map_or(window_budget, |tokens| tokens.min(window_budget));
     let max_calls = usize::try_from(limits.max_calls).unwrap_or(usize::MAX);
     let plan = plan(
         files,
         &ignore,
         Limits { call_tokens, max_calls },
-        &std::collections::HashMap::new(),
+        job.previous_result.as_ref(),
     );
     Ok(Prepared {
         plan,
@@ -154,13 +159,22 @@ pub(crate) async fn run<M: ModelCall>(
     let mut usage = Usage::default();
 
     if plan.chunks.is_empty() {
-        // Nothing reviewable is left (all lockfiles, binaries, ignored…): no call, no quota.
-        return Ok(Review {
-            summary: nothing_to_review.map_or_else(
+        // Nothing new to read (all lockfiles, binaries, ignored…, or every hunk reviewed on an
+        // earlier push): no call, no quota.
+        let summary = if plan.coverage.lines_carried > 0 {
+            format!(
+                "No new changes since the last review: {} suggestion(s) on unchanged code carried forward.",
+                plan.carried.len()
+            )
+        } else {
+            nothing_to_review.map_or_else(
                 || format!("Nothing to review: {} file(s) skipped.", plan.skipped_files.len()),
                 str::to_owned,
-            ),
-            suggestions: Vec::new(),
+            )
+        };
+        return Ok(Review {
+            summary,
+            suggestions: merge([plan.carried], &job.options),
             usage,
             truncated: plan.truncated,
             skipped_files: plan.skipped_files,
@@ -192,8 +206,16 @@ pub(crate) async fn run<M: ModelCall>(
         summaries.push(answer.summary);
         parts.push(answer.suggestions);
     }
+    let mut summary = compose_summary(summaries.iter().map(String::as_str));
+    if !plan.carried.is_empty() {
+        summary.push_str(&format!(
+            "\n\n{} suggestion(s) on code unchanged since the last review are carried forward.",
+            plan.carried.len()
+        ));
+    }
+    parts.push(plan.carried);
     Ok(Review {
-        summary: compose_summary(summaries.iter().map(String::as_str)),
+        summary,
         suggestions: merge(parts, &job.options),
         usage,
         truncated: plan.truncated,
@@ -401,9 +423,15 @@ mod tests {
     fn a_diff_that_is_not_a_diff_is_an_invalid_job() {
         let mut job = job();
         job.diff = "this is not a diff".into();
-        assert!(matches!(prepare(&job, "glm-5.1", LIMITS), Err(ReviewError::InvalidJob(_))));
+        assert!(matches!(
+            prepare(&job, "glm-5.1", LIMITS),
+            Err(ReviewError::InvalidJob(_))
+        ));
         job.diff = "   \n".into();
-        assert!(matches!(prepare(&job, "glm-5.1", LIMITS), Err(ReviewError::InvalidJob(_))));
+        assert!(matches!(
+            prepare(&job, "glm-5.1", LIMITS),
+            Err(ReviewError::InvalidJob(_))
+        ));
     }
 
     #[test]
@@ -526,7 +554,11 @@ mod tests {
         assert_eq!(review.coverage.lines_reviewed, 1_200, "every line read");
         assert_eq!(review.suggestions.len(), 3, "one from each call");
         for file in model.files() {
-            assert!(review.summary.contains(&format!("{file} reviewed.")), "{}", review.summary);
+            assert!(
+                review.summary.contains(&format!("{file} reviewed.")),
+                "{}",
+                review.summary
+            );
         }
     }
 
@@ -559,12 +591,25 @@ mod tests {
         job.options.max_calls = Some(1);
         let limits = ReviewLimits::for_job(3, Some(3_500), &job);
         assert_eq!(limits.max_calls, 1);
-        assert_eq!(ReviewLimits::for_job(3, None, &{ job.options.max_calls = Some(9); job.clone() }).max_calls, 3, "never raised");
+        assert_eq!(
+            ReviewLimits::for_job(3, None, &{
+                job.options.max_calls = Some(9);
+                job.clone()
+            })
+            .max_calls,
+            3,
+            "never raised"
+        );
         job.options.max_calls = Some(1);
         let model = Reviewer::new(&[]);
-        let review = run(&job, prepare(&job, "glm-5.1", limits).unwrap(), &model, &mut Progress::default())
-            .await
-            .unwrap();
+        let review = run(
+            &job,
+            prepare(&job, "glm-5.1", limits).unwrap(),
+            &model,
+            &mut Progress::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(model.files().len(), 1);
         assert!(review.coverage.lines_reviewed < review.coverage.lines_reviewable);
         assert!(
@@ -574,5 +619,40 @@ mod tests {
                 .iter()
                 .all(|s| s.reason == review_core::contract::SkipReason::MaxCalls)
         );
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_hunk_is_not_sent_again_and_its_suggestion_is_carried_to_its_new_lines() {
+        let first_job = large_job(2, 20);
+        let model = Reviewer::new(&[]);
+        let first = review(&first_job, &model).await.unwrap();
+        assert_eq!(model.files(), ["d0/m.rs"], "one call for both files");
+        assert_eq!(first.suggestions.len(), 1);
+        assert!(first.suggestions[0].fingerprint.is_some());
+
+        // The next push adds three lines above d0's hunk and changes d1.
+        let mut next_job = large_job(2, 20);
+        next_job.diff = next_job.diff.replacen("@@ -0,0 +1,20 @@", "@@ -3,0 +4,20 @@", 1);
+        let d1 = next_job.diff.find("+++ b/d1/m.rs").unwrap();
+        next_job
+            .diff
+            .replace_range(d1.., &next_job.diff[d1..].replace("v3 = 3", "v3 = 33"));
+        next_job.previous_result = Some(review_core::contract::PreviousResult {
+            suggestions: first.suggestions.clone(),
+            hunks: first.coverage.hunks.clone(),
+        });
+        let model = Reviewer::new(&[]);
+        let next = review(&next_job, &model).await.unwrap();
+        assert_eq!(model.files(), ["d1/m.rs"], "only the changed file is sent");
+        assert_eq!(next.coverage.lines_carried, 20);
+        assert_eq!(next.coverage.lines_reviewed, 40);
+        let carried: Vec<_> = next.suggestions.iter().filter(|s| s.carried).collect();
+        assert_eq!(carried.len(), 1, "{:?}", next.suggestions);
+        assert_eq!(
+            (carried[0].file.as_str(), carried[0].line_start),
+            ("d0/m.rs", 4),
+            "moved down three lines"
+        );
+        assert!(next.suggestions.iter().any(|s| !s.carried && s.file == "d1/m.rs"));
     }
 }

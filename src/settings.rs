@@ -970,8 +970,12 @@ impl ReviewSettings {
                 None,
             ),
             call_tokens: found.or(
-                number("API_REVIEW_CALL_TOKENS", raw.api_review_call_tokens.as_deref(), 1_000..=10_000_000)
-                    .map(|n| n.map(Some)),
+                number(
+                    "API_REVIEW_CALL_TOKENS",
+                    raw.api_review_call_tokens.as_deref(),
+                    1_000..=10_000_000,
+                )
+                .map(|n| n.map(Some)),
                 None,
             ),
         };

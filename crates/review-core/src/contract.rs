@@ -123,19 +123,19 @@ impl Severity {
 /// A suggestion as the result carries it: always anchored to lines the diff changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Suggestion {
-    pub(crate) file: String,
+    pub file: String,
     pub line_start: u32,
-    pub(crate) line_end: u32,
-    pub(crate) severity: Severity,
+    pub line_end: u32,
+    pub severity: Severity,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) label: Option<String>,
+    pub label: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) title: Option<String>,
-    pub(crate) body: String,
+    pub title: Option<String>,
+    pub body: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) existing_code: Option<String>,
+    pub existing_code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) improved_code: Option<String>,
+    pub improved_code: Option<String>,
     /// The fingerprint of the hunk the suggestion points into ([`crate::diff::Hunk`]'s content
     /// and its file's path): a later push whose diff still has that hunk carries the suggestion
     /// forward instead of reviewing the hunk again.

@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 
-use crate::contract::{ReviewOptions, Suggestion};
+use crate::contract::{MAX_PREVIOUS_SUGGESTIONS, ReviewOptions, Suggestion};
 
 /// Merges the calls' suggestions. Two suggestions are duplicates when they are on the same file,
 /// their lines overlap and they say the same thing (the same title, or mostly the same words);
@@ -31,9 +31,14 @@ pub fn merge(parts: impl IntoIterator<Item = Vec<Suggestion>>, options: &ReviewO
         }
     }
     let mut merged: Vec<Suggestion> = kept.into_iter().map(|(s, _)| s).collect();
-    if let Some(max) = options.max_suggestions {
-        merged.truncate(max);
-    }
+    // A producer echoes the result back as the next push's `previous_result`, which is refused
+    // past this many suggestions.
+    merged.truncate(
+        options
+            .max_suggestions
+            .unwrap_or(MAX_PREVIOUS_SUGGESTIONS)
+            .min(MAX_PREVIOUS_SUGGESTIONS),
+    );
     merged
 }
 
@@ -98,30 +103,42 @@ mod tests {
 
     #[test]
     fn the_same_issue_on_overlapping_lines_collapses_to_the_more_severe() {
-        let low = suggestion(
-            "a.rs",
-            (3, 5),
-            Severity::Low,
-            "",
-            "unwrap panics on bad input here",
-        );
-        let high = suggestion(
-            "a.rs",
-            (5, 6),
-            Severity::High,
-            "",
-            "This unwrap panics on bad input",
-        );
+        let low = suggestion("a.rs", (3, 5), Severity::Low, "", "unwrap panics on bad input here");
+        let high = suggestion("a.rs", (5, 6), Severity::High, "", "This unwrap panics on bad input");
         let merged = merge([vec![low], vec![high.clone()]], &ReviewOptions::default());
         assert_eq!(merged, [high]);
     }
 
     #[test]
     fn different_issues_files_or_lines_are_all_kept() {
-        let base = suggestion("a.rs", (3, 5), Severity::Medium, "Unchecked index", "index may be out of range");
-        let other_issue = suggestion("a.rs", (4, 4), Severity::Medium, "Leaks a secret", "the token is logged in clear");
-        let other_file = suggestion("b.rs", (3, 5), Severity::Medium, "Unchecked index", "index may be out of range");
-        let other_lines = suggestion("a.rs", (9, 9), Severity::Medium, "Unchecked index", "index may be out of range");
+        let base = suggestion(
+            "a.rs",
+            (3, 5),
+            Severity::Medium,
+            "Unchecked index",
+            "index may be out of range",
+        );
+        let other_issue = suggestion(
+            "a.rs",
+            (4, 4),
+            Severity::Medium,
+            "Leaks a secret",
+            "the token is logged in clear",
+        );
+        let other_file = suggestion(
+            "b.rs",
+            (3, 5),
+            Severity::Medium,
+            "Unchecked index",
+            "index may be out of range",
+        );
+        let other_lines = suggestion(
+            "a.rs",
+            (9, 9),
+            Severity::Medium,
+            "Unchecked index",
+            "index may be out of range",
+        );
         let merged = merge(
             [vec![base], vec![other_issue, other_file, other_lines]],
             &ReviewOptions::default(),
@@ -131,8 +148,20 @@ mod tests {
 
     #[test]
     fn a_same_title_is_the_same_issue_whatever_the_wording() {
-        let a = suggestion("a.rs", (3, 3), Severity::Medium, "SQL injection", "query built by format!");
-        let b = suggestion("a.rs", (3, 4), Severity::Medium, "sql injection ", "user input reaches the SQL string");
+        let a = suggestion(
+            "a.rs",
+            (3, 3),
+            Severity::Medium,
+            "SQL injection",
+            "query built by format!",
+        );
+        let b = suggestion(
+            "a.rs",
+            (3, 4),
+            Severity::Medium,
+            "sql injection ",
+            "user input reaches the SQL string",
+        );
         assert_eq!(merge([vec![a.clone()], vec![b]], &ReviewOptions::default()), [a]);
     }
 
@@ -144,7 +173,13 @@ mod tests {
                 suggestion("a.rs", (2, 2), Severity::High, "", "off by one in the loop bound"),
             ],
             vec![
-                suggestion("b.rs", (1, 1), Severity::Critical, "", "secret committed to the repository"),
+                suggestion(
+                    "b.rs",
+                    (1, 1),
+                    Severity::Critical,
+                    "",
+                    "secret committed to the repository",
+                ),
                 suggestion("b.rs", (2, 2), Severity::Medium, "", "missing timeout on the request"),
             ],
         ];
@@ -161,7 +196,12 @@ mod tests {
     #[test]
     fn the_summary_is_the_calls_summaries_in_order_each_once() {
         assert_eq!(
-            compose_summary(["Parser looks fine.", "  ", "Client leaks a token.", "Parser looks fine."]),
+            compose_summary([
+                "Parser looks fine.",
+                "  ",
+                "Client leaks a token.",
+                "Parser looks fine."
+            ]),
             "Parser looks fine.\n\nClient leaks a token."
         );
     }

@@ -16,9 +16,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use globset::GlobSet;
 use sha2::{Digest as _, Sha256};
 
-use crate::context::{MAP_SHARE, Fitted, estimate_tokens, file_name, is_test, pr_map, rank, share_fairly, skip_reason};
-use crate::contract::{Coverage, SkipReason, SkippedFile};
-use crate::diff::{FileDiff, render_into, rendered_size};
+use crate::carry::carry_forward;
+use crate::context::{Fitted, MAP_SHARE, estimate_tokens, file_name, is_test, pr_map, rank, share_fairly, skip_reason};
+use crate::contract::{Coverage, MAX_PREVIOUS_HUNKS, PreviousResult, SkipReason, SkippedFile, Suggestion};
+use crate::diff::{FileDiff, hunk_ref, render_into, rendered_size};
 
 /// How much one review may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +43,7 @@ pub struct Chunk<'a> {
 }
 
 /// The calls a review will make, and what it covers if they all answer.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan<'a> {
     pub chunks: Vec<Chunk<'a>>,
     /// The whole PR's map, opening every call's diff.
@@ -53,6 +54,8 @@ pub struct Plan<'a> {
     pub truncated: bool,
     /// Counts as if every chunk is answered; `calls` is the number of chunks.
     pub coverage: Coverage,
+    /// The previous result's suggestions on hunks this plan does not send, at their new lines.
+    pub carried: Vec<Suggestion>,
 }
 
 impl<'a> Plan<'a> {
@@ -74,32 +77,29 @@ impl<'a> Plan<'a> {
 /// `max_calls` calls; each try takes a tenth off.
 const PACKING_TRIES: usize = 12;
 
-/// Plans the review of `files`. `carried` gives, per path, the added lines of hunks already
-/// reviewed in an earlier push (removed from `files` by carry-forward): they count as reviewed.
+/// Plans the review of `files`. Hunks that `previous` (the last result for this PR) already
+/// reviewed are not sent again ([`carry_forward`]): they count as reviewed, and its suggestions
+/// on them come back in [`Plan::carried`].
 pub fn plan<'a>(
     files: Vec<FileDiff<'a>>,
     ignore: &GlobSet,
     limits: Limits,
-    carried: &HashMap<String, u64>,
+    previous: Option<&PreviousResult>,
 ) -> Plan<'a> {
     let max_calls = limits.max_calls.max(1);
     let map = pr_map(&files, limits.call_tokens / MAP_SHARE);
     let budget = limits.call_tokens.saturating_sub(estimate_tokens(&map));
-    let mut plan = Plan {
-        map,
-        ..Plan::default()
-    };
+    let mut plan = Plan { map, ..Plan::default() };
     let coverage = &mut plan.coverage;
     coverage.files_changed = count(files.len());
 
     // What each reviewable file adds, carried lines included; the order of the diff.
     let mut reviewable: Vec<(String, u64)> = Vec::new();
-    let mut candidates = Vec::new();
+    let mut kept = Vec::new();
     for file in files {
         let added = count(file.added_line_count());
-        let carried = carried.get(file.path.as_ref()).copied().unwrap_or(0);
-        // A file that adds no line (and had none carried) gives a suggestion nowhere to point.
-        let reason = skip_reason(&file, ignore).or((added == 0 && carried == 0).then_some(SkipReason::Removed));
+        // A file that adds no line gives a suggestion nowhere to point.
+        let reason = skip_reason(&file, ignore).or((added == 0).then_some(SkipReason::Removed));
         if let Some(reason) = reason {
             coverage.skipped.push(SkippedFile {
                 file: file.path.to_string(),
@@ -110,11 +110,22 @@ pub fn plan<'a>(
             plan.skipped_files.push(file.path.into_owned());
             continue;
         }
-        reviewable.push((file.path.to_string(), added.saturating_add(carried)));
-        if added > 0 {
+        reviewable.push((file.path.to_string(), added));
+        kept.push(file);
+    }
+    let carried = carry_forward(kept, previous);
+    let mut carried_lines: HashMap<String, u64> = HashMap::new();
+    let mut candidates = Vec::new();
+    for (file, done) in carried.files.into_iter().zip(&carried.per_file) {
+        if done.added_lines > 0 {
+            carried_lines.insert(file.path.to_string(), count(done.added_lines));
+        }
+        if file.added_line_count() > 0 {
             candidates.push(file);
         }
     }
+    plan.carried = carried.suggestions;
+    plan.coverage.hunks = carried.hunks;
     rank(&mut candidates);
 
     // No file may take more than one call; what does not fit one is clipped for `budget`.
@@ -145,14 +156,20 @@ pub fn plan<'a>(
         for file in &files {
             let lines = read.entry(file.path.to_string()).or_default();
             *lines = lines.saturating_add(count(file.added_line_count()));
+            plan.coverage
+                .hunks
+                .extend(file.hunks.iter().map(|hunk| hunk_ref(&file.path, hunk)));
         }
         plan.chunks.push(chunk(files));
     }
 
     let coverage = &mut plan.coverage;
     coverage.calls = u32::try_from(plan.chunks.len()).unwrap_or(u32::MAX);
+    // A producer echoes these back; past the job's cap its next job would be refused. The hunks
+    // past it are only reviewed again on the next push.
+    coverage.hunks.truncate(MAX_PREVIOUS_HUNKS);
     for (path, total) in &reviewable {
-        let carried = carried.get(path).copied().unwrap_or(0);
+        let carried = carried_lines.get(path).copied().unwrap_or(0);
         let read = read.get(path).copied().unwrap_or(0);
         let reviewed = read.saturating_add(carried).min(*total);
         coverage.files_reviewable = coverage.files_reviewable.saturating_add(1);
@@ -222,7 +239,8 @@ fn pack(files: &[FileDiff<'_>], budget: usize) -> Vec<Vec<usize>> {
     for (at, file) in files.iter().enumerate() {
         groups.entry(group_of(&file.path, &stems)).or_default().push(at);
     }
-    let group_cost = |members: &[usize]| -> usize { members.iter().map(|&at| costs.get(at).copied().unwrap_or(0)).sum() };
+    let group_cost =
+        |members: &[usize]| -> usize { members.iter().map(|&at| costs.get(at).copied().unwrap_or(0)).sum() };
     let mut order: Vec<Vec<usize>> = groups.into_values().collect();
     // Largest first; the sort is stable, so equal groups stay in path order.
     order.sort_by_key(|members| std::cmp::Reverse(group_cost(members)));
@@ -271,7 +289,9 @@ fn source_stems(files: &[FileDiff<'_>]) -> HashMap<String, String> {
     for file in files {
         let name = file_name(&file.path);
         if !is_test(&file.path, name) {
-            stems.entry(stem(name).to_ascii_lowercase()).or_insert_with(|| directory(&file.path).to_owned());
+            stems
+                .entry(stem(name).to_ascii_lowercase())
+                .or_insert_with(|| directory(&file.path).to_owned());
         }
     }
     stems
@@ -286,9 +306,11 @@ fn group_of(path: &str, stems: &HashMap<String, String>) -> String {
         let tested = lower
             .strip_prefix("test_")
             .or_else(|| {
-                ["_test", "_tests", ".test", ".spec", "_spec", "-test", "-spec", "test", "tests"]
-                    .iter()
-                    .find_map(|suffix| lower.strip_suffix(suffix))
+                [
+                    "_test", "_tests", ".test", ".spec", "_spec", "-test", "-spec", "test", "tests",
+                ]
+                .iter()
+                .find_map(|suffix| lower.strip_suffix(suffix))
             })
             .unwrap_or(&lower);
         if let Some(dir) = stems.get(tested) {
@@ -370,7 +392,7 @@ mod tests {
     }
 
     fn run(files: Vec<FileDiff<'static>>, limits: Limits) -> Plan<'static> {
-        plan(files, &GlobSet::empty(), limits, &HashMap::new())
+        plan(files, &GlobSet::empty(), limits, None)
     }
 
     fn chunk_paths(plan: &Plan<'_>) -> Vec<Vec<String>> {
@@ -382,7 +404,10 @@ mod tests {
 
     #[test]
     fn a_pr_that_fits_one_call_is_one_call_that_reads_everything() {
-        let plan = run(vec![file("src/a.rs", &[5, 5]), file("src/b.rs", &[3])], limits(100_000, 3));
+        let plan = run(
+            vec![file("src/a.rs", &[5, 5]), file("src/b.rs", &[3])],
+            limits(100_000, 3),
+        );
         assert_eq!(plan.chunks.len(), 1);
         assert_eq!(plan.fitted(0).part, None, "one call is not announced as a part");
         let c = &plan.coverage;
@@ -490,7 +515,7 @@ mod tests {
             file("vendor/x/lib.rs", &[5]),
             file("src/lib.rs", &[5]),
         ];
-        let plan = plan(files, &ignore, limits(100_000, 3), &HashMap::new());
+        let plan = plan(files, &ignore, limits(100_000, 3), None);
         let reasons: Vec<(&str, SkipReason, u64)> = plan
             .coverage
             .skipped
@@ -520,20 +545,35 @@ mod tests {
     }
 
     #[test]
-    fn lines_carried_from_an_earlier_push_count_as_reviewed_without_a_call() {
-        let mut done = file("src/done.rs", &[5]);
-        done.hunks.clear();
-        let carried = HashMap::from([("src/done.rs".to_owned(), 5), ("src/a.rs".to_owned(), 7)]);
-        let plan = plan(
-            vec![done, file("src/a.rs", &[3])],
+    fn hunks_reviewed_in_an_earlier_push_are_not_sent_and_count_as_reviewed() {
+        let first = run(
+            vec![file("src/done.rs", &[5]), file("src/a.rs", &[7, 3])],
+            limits(10_000, 3),
+        );
+        assert_eq!(first.coverage.hunks.len(), 3, "every hunk read is listed");
+        let previous = PreviousResult {
+            suggestions: Vec::new(),
+            hunks: first.coverage.hunks.clone(),
+        };
+        // The next push changes a.rs's second hunk only.
+        let mut changed = file("src/a.rs", &[7, 4]);
+        changed.hunks[0] = file("src/a.rs", &[7, 3]).hunks[0].clone();
+        let next = plan(
+            vec![file("src/done.rs", &[5]), changed],
             &GlobSet::empty(),
             limits(10_000, 3),
-            &carried,
+            Some(&previous),
         );
-        assert_eq!(chunk_paths(&plan), [["src/a.rs"]], "a file with nothing new is not sent");
-        let c = &plan.coverage;
+        assert_eq!(
+            chunk_paths(&next),
+            [["src/a.rs"]],
+            "a file with nothing new is not sent"
+        );
+        assert_eq!(next.chunks[0].files[0].hunks.len(), 1, "only the changed hunk");
+        let c = &next.coverage;
         assert_eq!((c.files_reviewable, c.files_reviewed), (2, 2));
-        assert_eq!((c.lines_reviewable, c.lines_reviewed, c.lines_carried), (15, 15, 12));
+        assert_eq!((c.lines_reviewable, c.lines_reviewed, c.lines_carried), (16, 16, 12));
+        assert_eq!(c.hunks.len(), 3, "carried and read hunks both listed for the next push");
     }
 
     #[test]
@@ -553,13 +593,22 @@ mod tests {
             assert!(plan.chunks.len() <= max_calls);
             let map = estimate_tokens(&plan.map);
             for chunk in &plan.chunks {
-                assert!(chunk.estimated_tokens + map <= call.max(map), "{} + {map} > {call}", chunk.estimated_tokens);
+                assert!(
+                    chunk.estimated_tokens + map <= call.max(map),
+                    "{} + {map} > {call}",
+                    chunk.estimated_tokens
+                );
                 assert!(!chunk.files.is_empty());
             }
             let c = &plan.coverage;
             let unread: u64 = c.skipped.iter().map(|s| s.lines).sum();
             assert_eq!(c.lines_reviewed + unread, total as u64);
-            let read: usize = plan.chunks.iter().flat_map(|c| &c.files).map(FileDiff::added_line_count).sum();
+            let read: usize = plan
+                .chunks
+                .iter()
+                .flat_map(|c| &c.files)
+                .map(FileDiff::added_line_count)
+                .sum();
             assert_eq!(read as u64, c.lines_reviewed);
         }
     }
