@@ -18,11 +18,12 @@ install_prometheus() {
   apt-get update -qq >&2
   # The package starts a system Prometheus on :9090 where an init system runs; policy-rc.d stops
   # that (the tests start their own on a private port and data directory).
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  # An existing policy-rc.d (container images often ship one) is left as it is.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get install -y -qq --no-install-recommends prometheus >&2
-  rm -f /usr/sbin/policy-rc.d
-  trap - EXIT
   command -v prometheus >/dev/null && command -v promtool >/dev/null || {
     say "the package installed, but prometheus or promtool is not on PATH"
     exit 1
