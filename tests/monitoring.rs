@@ -2,6 +2,7 @@
 //! process that reviews jobs against the simulator, with the alert rules of `deploy/prometheus`
 //! loaded. Every metric the rules and the dashboard (`deploy/grafana/review-worker.json`) name
 //! must exist there with samples: the names are read from those files, not from a list here.
+//! And the queue depth the alerts rely on is the broker's.
 
 #![allow(
     clippy::unwrap_used,
@@ -300,4 +301,31 @@ async fn prometheus_scraping_a_working_worker_has_every_metric_the_rules_and_the
             "{quiet} is raised on a healthy worker: {alerts:#}"
         );
     }
+}
+
+#[tokio::test]
+async fn metrics_give_the_jobs_waiting_in_the_queue_as_the_broker_counts_them() {
+    let mut world = World::new("queue-depth", SimArgs::default()).await;
+    // Published before any worker runs: they wait in the jobs queue.
+    for i in 0..5 {
+        world.publish_job(&job(&format!("waiting-{i}"))).await;
+    }
+    assert_eq!(world.queue_len(&world.topology.jobs_queue).await, 5);
+    let worker = world.spawn_process(&[]);
+    let url = format!("http://127.0.0.1:{}/metrics", worker.health_port);
+    let jobs_waiting = async || -> Option<f64> {
+        let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix("review_queue_messages{queue=\"jobs\"} "))?
+            .parse()
+            .ok()
+    };
+    // The first reading is taken on connecting; the leader's prefetch (2) takes at most two.
+    let first = eventually_some(WAIT, "a reading of the jobs queue", async || jobs_waiting().await).await;
+    assert!((3.0..=5.0).contains(&first), "jobs waiting read as {first}");
+    world.results(5, WAIT).await;
+    eventually_some(WAIT, "the jobs queue read as empty", async || {
+        (jobs_waiting().await? == 0.0).then_some(())
+    })
+    .await;
 }
