@@ -11,10 +11,18 @@
 #     kustomization.yaml lists is rendered with `kubectl kustomize` or `kustomize build` when one
 #     is installed, else each listed file is validated on its own.
 #   - the custom resources (KEDA's ScaledObject and TriggerAuthentication, the Cluster Operator's
-#     RabbitmqCluster), which kubernetes-validate has no schema for (it would only warn), by a
-#     structural check of their own; the built-in kinds in the same files go through
+#     RabbitmqCluster, the Prometheus Operator's PrometheusRule), which kubernetes-validate has no
+#     schema for (it would only warn), by a structural check of their own; the built-in kinds in the same files go through
 #     kubernetes-validate like the rest. And the settings that must agree across files (ports,
 #     user id, drain timeout vs. grace periods, the Secret key KEDA reads).
+#   - the alert rules (deploy/prometheus) with promtool (Debian's prometheus package, 2.42:
+#     scripts/prometheus.sh installs it): `check rules`, `test rules` (every alert has a case that
+#     fires and one that does not), `check config` of the compose Prometheus; the PrometheusRule
+#     carries the same rules; every alert has a `for:`, a severity and a runbook row that exists in
+#     the README's troubleshooting table.
+#   - the Grafana dashboard (deploy/grafana/review-worker.json): its structure, the datasource
+#     variable, and every PromQL expression in it parsed by promtool; every metric the rules and
+#     the dashboard name is one the worker's source exports.
 #
 # Prints what it validated; exits non-zero if anything is invalid.
 #
@@ -31,9 +39,9 @@ K8S_OLDEST=1.27.0                 # PodDisruptionBudget.unhealthyPodEvictionPoli
 k8s_dir=deploy/kubernetes
 compose_file=deploy/docker-compose.yml
 # Files in deploy/kubernetes that kustomization.yaml deliberately does not list.
-optional_manifests=(secret.yaml keda-scaledobject.yaml rabbitmq-cluster.yaml)
+optional_manifests=(secret.yaml keda-scaledobject.yaml rabbitmq-cluster.yaml prometheus-rule.yaml)
 # API groups of custom resources: kubernetes-validate has no schema for them (checked below instead).
-custom_groups_re='^apiVersion:[[:space:]]*"?(keda\.sh|rabbitmq\.com)/'
+custom_groups_re='^apiVersion:[[:space:]]*"?(keda\.sh|rabbitmq\.com|monitoring\.coreos\.com)/'
 
 failures=()
 fail() { failures+=("$*"); printf 'FAIL %s\n' "$*"; }
@@ -77,6 +85,12 @@ else
   python=("$venv/bin/python")
 fi
 printf 'kubernetes-validate: %s\n' "$("${kv[@]}" --version)"
+
+if ! command -v promtool >/dev/null 2>&1; then
+  note "promtool is missing: installing Debian's prometheus package (scripts/prometheus.sh)"
+fi
+scripts/prometheus.sh install
+printf 'promtool: %s\n' "$(promtool --version 2>&1 | head -n1)"
 # The newest Kubernetes its schemas cover (its default), read from its help.
 k8s_latest=$("${kv[@]}" --help | sed -n 's/.*Defaults to \([0-9][0-9.]*[0-9]\).*/\1/p' | head -n1)
 k8s_latest=${k8s_latest:-1.37.0}
@@ -101,7 +115,7 @@ else
   note "../.env for the check: a minimal simulator one (.env.example does not exist yet)"
 fi
 compose() { (cd "$scratch/compose/deploy" && docker-compose -f docker-compose.yml "$@"); }
-for profile in "" sim examples; do
+for profile in "" sim examples monitoring; do
   label=${profile:-"(no profile)"}
   args=()
   [[ -n "$profile" ]] && args=(--profile "$profile")
@@ -122,6 +136,34 @@ for service in api rabbitmq sim worker; do
   fi
 done
 ((missing)) || ok "docker-compose services: $services"
+monitoring_services=$(compose --profile monitoring config --services 2>/dev/null | sort | tr '\n' ' ') || monitoring_services=""
+for service in prometheus grafana; do
+  if [[ " $monitoring_services" != *" $service "* ]]; then
+    fail "docker-compose: service \`$service\` is missing from the monitoring profile (have: ${monitoring_services:-none})"
+  fi
+done
+# Bind mounts of the monitoring services: docker-compose config does not check that they exist.
+compose --profile monitoring config > "$scratch/compose.monitoring.yml" 2>/dev/null || true
+if mounts=$("${python[@]}" - "$scratch/compose.monitoring.yml" <<'PY'
+import os, sys, yaml
+doc = yaml.safe_load(open(sys.argv[1])) or {}
+bad = []
+for name in ("prometheus", "grafana"):
+    if doc.get("services", {}).get(name, {}).get("profiles") != ["monitoring"]:
+        bad.append(f"{name}: not only in the monitoring profile (a plain `up` would start it)")
+    for volume in (doc.get("services", {}).get(name, {}).get("volumes") or []):
+        source = volume.get("source") if isinstance(volume, dict) else str(volume).split(":")[0]
+        kind = volume.get("type") if isinstance(volume, dict) else ("bind" if source.startswith((".", "/")) else "volume")
+        if kind == "bind" and not os.path.exists(source):
+            bad.append(f"{name}: {source}")
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+PY
+); then
+  ok "docker-compose monitoring profile: prometheus and grafana, their mounted files exist"
+else
+  fail "docker-compose monitoring profile: $mounts"
+fi
 compose config > "$scratch/compose.rendered.yml" 2>/dev/null || true
 
 # ---------------------------------------------------------------- kubernetes: each file
@@ -150,7 +192,7 @@ builtin_only() { # file out
   "${python[@]}" - "$1" "$2" <<'PY'
 import re, sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
-custom = lambda d: re.match(r"(keda\.sh|rabbitmq\.com)/", str(d.get("apiVersion", "")))
+custom = lambda d: re.match(r"(keda\.sh|rabbitmq\.com|monitoring\.coreos\.com)/", str(d.get("apiVersion", "")))
 builtin = [d for d in docs if not custom(d)]
 if builtin:
     with open(sys.argv[2], "w") as out:
@@ -400,6 +442,144 @@ for e in errors:
 sys.exit(1 if errors else 0)
 PY
 
+# ---------------------------------------------------------------- alert rules and dashboard
+section "alert rules (deploy/prometheus) and the Grafana dashboard (deploy/grafana), with promtool"
+rules=deploy/prometheus/review-worker.rules.yml
+rules_test=deploy/prometheus/review-worker.rules.test.yml
+dashboard=deploy/grafana/review-worker.json
+promtool_step() { # label command...
+  local label=$1 out; shift
+  if out=$("$@" 2>&1); then
+    ok "$label"
+  else
+    fail "$label:"
+  fi
+  printf '%s\n' "$out" | sed 's/^/     /'
+}
+promtool_step "promtool check rules $rules" promtool check rules "$rules"
+promtool_step "promtool test rules $rules_test" promtool test rules "$rules_test"
+promtool_step "promtool check config deploy/prometheus/prometheus.yml (compose's Prometheus, rules included)" \
+  promtool check config deploy/prometheus/prometheus.yml
+
+# The PrometheusRule's groups as a rules file of their own, for promtool; the dashboard's
+# expressions as recording rules of a throwaway rules file, so that promtool parses each one.
+"${python[@]}" - "$rules" "$rules_test" "$k8s_dir/prometheus-rule.yaml" "$dashboard" README.md "$scratch" <<'PY' || fail "alert rules and dashboard: structure (see above)"
+import json, os, re, sys, yaml
+
+rules_path, test_path, operator_path, dashboard_path, readme_path, scratch = sys.argv[1:7]
+errors = []
+rules = yaml.safe_load(open(rules_path))
+alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+
+# The Operator's copy carries exactly the same groups.
+operator = [d for d in yaml.safe_load_all(open(operator_path)) if d]
+if len(operator) != 1 or operator[0].get("kind") != "PrometheusRule" or operator[0].get("apiVersion") != "monitoring.coreos.com/v1":
+    errors.append(f"{operator_path}: not one PrometheusRule of monitoring.coreos.com/v1")
+elif operator[0].get("spec", {}).get("groups") != rules["groups"]:
+    errors.append(f"{operator_path}: spec.groups differ from {rules_path} (copy its groups: over)")
+else:
+    yaml.safe_dump({"groups": operator[0]["spec"]["groups"]}, open(os.path.join(scratch, "operator.rules.yml"), "w"))
+    print(f"ok   {operator_path}: a PrometheusRule with the {len(alerts)} alerts of {rules_path}")
+
+# The README's troubleshooting rows, by their first cell.
+readme = open(readme_path).read()
+section = readme.split("\n## Troubleshooting", 1)[1].split("\n## ", 1)[0] if "\n## Troubleshooting" in readme else ""
+rows = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("|") and not line.startswith("|---")]
+if not rows:
+    errors.append(f"{readme_path}: no Troubleshooting table")
+
+# Every alert: a for:, a severity, a summary, a runbook row that exists; a test case that fires
+# and one (at some time) that does not.
+tests = yaml.safe_load(open(test_path))
+fired, quiet = set(), set()
+for case in tests.get("tests", []):
+    for check in case.get("alert_rule_test", []):
+        (fired if check.get("exp_alerts") else quiet).add(check["alertname"])
+for alert in alerts:
+    name = alert["alert"]
+    if not re.fullmatch(r"[1-9]\d*[smh]", str(alert.get("for", ""))):
+        errors.append(f"{rules_path}: {name}: no `for:` (it would fire on one evaluation and flap)")
+    if alert.get("labels", {}).get("severity") not in ("page", "warning"):
+        errors.append(f"{rules_path}: {name}: severity is not page or warning")
+    notes = alert.get("annotations", {})
+    if not notes.get("summary"):
+        errors.append(f"{rules_path}: {name}: no summary")
+    m = re.fullmatch(r'README\.md#troubleshooting, row "(.+)"', notes.get("runbook", ""))
+    if not m:
+        errors.append(f"{rules_path}: {name}: runbook is not 'README.md#troubleshooting, row \"...\"'")
+    elif not any(m.group(1) in row for row in rows):
+        errors.append(f"{rules_path}: {name}: no troubleshooting row in {readme_path} contains {m.group(1)!r}")
+    if name not in fired:
+        errors.append(f"{test_path}: no case where {name} fires")
+    if name not in quiet:
+        errors.append(f"{test_path}: no case where {name} stays quiet")
+print(f"ok   {rules_path}: checked {len(alerts)} alerts for `for:`, severity, runbook rows ({len(rows)} rows in the README) and test cases")
+
+# The dashboard: importable JSON, the datasource a variable, every panel's query a PromQL
+# expression promtool parses (Grafana's own variables replaced by sample values).
+dash = json.load(open(dashboard_path))
+for key in ("title", "uid", "panels", "schemaVersion", "templating"):
+    if key not in dash:
+        errors.append(f"{dashboard_path}: no `{key}`")
+variables = {v.get("name"): v for v in dash.get("templating", {}).get("list", [])}
+ds = variables.get("DS_PROMETHEUS")
+if not ds or ds.get("type") != "datasource" or ds.get("query") != "prometheus":
+    errors.append(f"{dashboard_path}: no datasource variable DS_PROMETHEUS of type prometheus")
+exprs, ids, titles = [], set(), []
+for panel in dash.get("panels", []):
+    titles.append(panel.get("title"))
+    if panel.get("id") in ids:
+        errors.append(f"{dashboard_path}: panel id {panel.get('id')} twice")
+    ids.add(panel.get("id"))
+    pos = panel.get("gridPos", {})
+    if not all(isinstance(pos.get(k), int) for k in ("x", "y", "w", "h")) or pos.get("x", 0) + pos.get("w", 0) > 24:
+        errors.append(f"{dashboard_path}: panel {panel.get('title')!r}: gridPos {pos} is not within 24 columns")
+    if panel.get("type") == "row":
+        continue
+    if panel.get("datasource", {}).get("uid") != "${DS_PROMETHEUS}":
+        errors.append(f"{dashboard_path}: panel {panel.get('title')!r}: datasource is not ${{DS_PROMETHEUS}}")
+    if not panel.get("targets"):
+        errors.append(f"{dashboard_path}: panel {panel.get('title')!r}: no query")
+    for target in panel.get("targets", []):
+        if target.get("datasource", {}).get("uid") != "${DS_PROMETHEUS}":
+            errors.append(f"{dashboard_path}: panel {panel.get('title')!r} {target.get('refId')}: datasource is not ${{DS_PROMETHEUS}}")
+        if not target.get("expr"):
+            errors.append(f"{dashboard_path}: panel {panel.get('title')!r} {target.get('refId')}: no expr")
+            continue
+        exprs.append((panel.get("title"), target.get("refId"), target["expr"]))
+grafana_vars = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "6h"}
+records = []
+for i, (title, ref, expr) in enumerate(exprs):
+    for var, value in grafana_vars.items():
+        expr = expr.replace(var, value)
+    if "$" in expr:
+        errors.append(f"{dashboard_path}: panel {title!r} {ref}: an unknown variable in {expr!r}")
+    records.append({"record": f"dashboard:panel_{i}", "expr": expr})
+yaml.safe_dump({"groups": [{"name": "dashboard", "rules": records}]}, open(os.path.join(scratch, "dashboard.rules.yml"), "w"))
+print(f"ok   {dashboard_path}: {len(titles)} panels, {len(exprs)} queries, datasource ${{DS_PROMETHEUS}}")
+
+# Every metric named by the rules and the dashboard is one the worker exports (its source names
+# it); tests/monitoring.rs checks the same against a real scrape.
+source = "".join(open(os.path.join(root, f)).read() for root, _, files in os.walk("src") for f in files if f.endswith(".rs"))
+text = " ".join(r["expr"] for r in alerts) + " " + " ".join(e for _, _, e in exprs)
+names = sorted(set(re.findall(r"\breview_[a-z0-9_]+", text)))
+for name in names:
+    base = re.sub(r"_(bucket|sum|count)$", "", name)
+    if f'"{name}"' not in source and f'"{base}"' not in source:
+        errors.append(f"{name}: named by the rules or the dashboard, exported nowhere in src/")
+print(f"ok   metrics named by the rules and the dashboard, all exported by src/: {' '.join(names)}")
+
+for e in errors:
+    print("FAIL " + e)
+sys.exit(1 if errors else 0)
+PY
+if [[ -f "$scratch/operator.rules.yml" ]]; then
+  promtool_step "promtool check rules $k8s_dir/prometheus-rule.yaml (its spec.groups)" promtool check rules "$scratch/operator.rules.yml"
+fi
+if [[ -f "$scratch/dashboard.rules.yml" ]]; then
+  promtool_step "promtool parses every PromQL expression of $dashboard" promtool check rules "$scratch/dashboard.rules.yml"
+fi
+
 # ---------------------------------------------------------------- Dockerfile (static)
 section "Dockerfile (static checks; building it needs Docker and the network)"
 # Every JSON-form instruction parses; what the build copies exists; the runtime is non-root.
@@ -443,4 +623,4 @@ if ((${#failures[@]})); then
   printf '  - %s\n' "${failures[@]}"
   exit 1
 fi
-echo "deployment files: all valid (docker-compose config; kubernetes-validate --strict; KEDA, RabbitmqCluster and cross-file checks; Dockerfile static checks)"
+echo "deployment files: all valid (docker-compose config; kubernetes-validate --strict; KEDA, RabbitmqCluster and cross-file checks; alert rules and dashboard with promtool; Dockerfile static checks)"

@@ -241,7 +241,9 @@ async fn serve(
         // lost leadership abandons them.
         abandon: CancellationToken::new(),
     };
+    let sampler = tokio::spawn(crate::status::sample_queues(worker.broker.clone()));
     let served = worker.serve(replica, prefetch, settings.drain_timeout, shutdown).await;
+    sampler.abort();
     status.set_connected(None);
     worker.broker.close().await;
     served

@@ -35,6 +35,9 @@ pub(crate) fn metrics_handle() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
             }
+            for outcome in OUTCOMES {
+                metrics::counter!("review_jobs_total", "outcome" => *outcome).increment(0);
+            }
             handle
         })
         .clone()
@@ -120,6 +123,12 @@ pub(crate) fn set_state_gauges(status: &WorkerStatus, executor: &Executor) {
         metrics::gauge!("review_configured_cap", "lane" => label).set(f64::from(lane.limit.configured()));
         let pause = lane.pause.current();
         metrics::gauge!("review_paused", "lane" => label).set(f64::from(u8::from(pause.is_some())));
+        let account = pause.as_ref().is_some_and(is_account_pause);
+        metrics::gauge!("review_paused_account", "lane" => label).set(f64::from(u8::from(account)));
+        let code = pause
+            .as_ref()
+            .map_or(0.0, |p| p.code.parse::<u32>().map_or(-1.0, f64::from));
+        metrics::gauge!("review_pause_code", "lane" => label).set(code);
         let until = pause
             .filter(|p| !p.needs_probe)
             .map_or(0.0, |p| p.until.timestamp() as f64);
@@ -127,6 +136,33 @@ pub(crate) fn set_state_gauges(status: &WorkerStatus, executor: &Executor) {
     }
     metrics::gauge!("review_in_flight").set(status.in_flight() as f64);
 }
+
+/// A pause the operator must end (key, endpoint, model, balance, plan, fair use), as opposed to
+/// a quota window that ends by itself. The classifier decides which codes are quota windows.
+fn is_account_pause(pause: &crate::limits::Pause) -> bool {
+    if pause.needs_probe {
+        return true;
+    }
+    let body = json!({"error": {"code": pause.code, "message": ""}}).to_string();
+    review_core::classify::ProviderError::from_response(429, &body).action()
+        != review_core::classify::Action::PauseUntilReset
+}
+
+/// Every `review_jobs_total{outcome}` a job can end with. Registered at 0 when the recorder is
+/// installed: `increase()` over a counter that appears at 1 sees no increase, so without this
+/// the first dead letter of each kind would page nobody.
+const OUTCOMES: &[&str] = &[
+    "completed",
+    "waiting",
+    "hopped",
+    "invalid_job",
+    "provider_rejected",
+    "bad_model_output",
+    "expired",
+    "attempts_exhausted",
+    "internal",
+    "result_unpublishable",
+];
 
 async fn render_metrics(State(shared): State<Shared>) -> Response {
     set_state_gauges(&shared.status, &shared.executor);
@@ -158,4 +194,68 @@ pub(crate) async fn serve(
         .with_state(shared);
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fate::{Counters, DeadKind, Fate};
+    use crate::limits::Pause;
+    use review_core::contract::FailureKind;
+
+    fn pause(code: &str, needs_probe: bool) -> Pause {
+        Pause {
+            until: chrono::Utc::now(),
+            code: code.to_owned(),
+            reason: String::new(),
+            needs_probe,
+        }
+    }
+
+    #[test]
+    fn quota_windows_are_not_account_pauses_and_everything_the_operator_must_fix_is() {
+        for quota in ["1308", "1310", "1316", "1321"] {
+            assert!(!is_account_pause(&pause(quota, false)), "{quota}");
+        }
+        for account in ["1309", "1311", "1313"] {
+            assert!(is_account_pause(&pause(account, false)), "{account}");
+        }
+        for probed in ["401", "1000", "1113", "1211", "404"] {
+            assert!(is_account_pause(&pause(probed, true)), "{probed}");
+        }
+    }
+
+    #[test]
+    fn every_outcome_a_job_can_end_with_is_registered_at_zero() {
+        let kinds = [
+            FailureKind::InvalidJob,
+            FailureKind::ProviderRejected,
+            FailureKind::BadModelOutput,
+            FailureKind::Expired,
+            FailureKind::AttemptsExhausted,
+        ];
+        let mut fates: Vec<Fate> = kinds
+            .into_iter()
+            .map(DeadKind::Failed)
+            .chain([DeadKind::Internal, DeadKind::Unpublishable])
+            .map(|kind| Fate::DeadLetter {
+                kind,
+                message: String::new(),
+                attempts: 1,
+                result: None,
+            })
+            .collect();
+        fates.push(Fate::Review);
+        fates.push(Fate::Hop {
+            delay: std::time::Duration::from_secs(1),
+        });
+        fates.push(Fate::Wait {
+            delay: std::time::Duration::from_secs(1),
+            counters: Counters::default(),
+            reason: String::new(),
+        });
+        let labels: std::collections::BTreeSet<&str> = fates.iter().map(Fate::label).collect();
+        let registered: std::collections::BTreeSet<&str> = OUTCOMES.iter().copied().collect();
+        assert_eq!(labels, registered);
+    }
 }

@@ -6,8 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
 use review_core::models::price_per_million;
 
+use crate::broker::Broker;
 use crate::executor::Completed;
 
 #[derive(Debug, Clone, Default)]
@@ -138,5 +141,63 @@ impl WorkerStatus {
         let microdollars = (cost * 1_000_000.0).round() as u64;
         metrics::counter!("review_cost_equivalent_microdollars_total", "provider" => provider, "model" => model)
             .increment(microdollars);
+    }
+}
+
+/// How often each replica reads the depth of the jobs and dead-letter queues.
+const QUEUE_SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
+/// The queues `review_queue_messages{queue}` reports, by the label it gives them.
+const SAMPLED_QUEUES: [&str; 2] = ["jobs", "dead"];
+
+/// Sets the sampled queues' gauges to NaN when the sampling stops (the connection is gone), so
+/// that a disconnected replica does not keep reporting its last reading as the present.
+#[derive(Debug)]
+struct UnknownWhenStopped;
+
+impl Drop for UnknownWhenStopped {
+    fn drop(&mut self) {
+        for queue in SAMPLED_QUEUES {
+            metrics::gauge!("review_queue_messages", "queue" => queue).set(f64::NAN);
+        }
+    }
+}
+
+/// Reads the ready messages of the jobs queue and of the dead-letter queue on `broker` every
+/// [`QUEUE_SAMPLE_EVERY`] (a passive declare on a channel of its own), for
+/// `review_queue_messages{queue="jobs"|"dead"}`, until the future is dropped. Every replica
+/// samples, leader or not: "jobs wait and no replica consumes" must be visible when nobody
+/// leads.
+pub(crate) async fn sample_queues(broker: std::sync::Arc<Broker>) {
+    let _unknown = UnknownWhenStopped;
+    let topology = broker.topology().clone();
+    let mut channel = None;
+    loop {
+        for (label, queue) in SAMPLED_QUEUES
+            .into_iter()
+            .zip([&topology.jobs_queue, &topology.dead_queue])
+        {
+            if channel.is_none() {
+                channel = broker.channel().await.ok();
+            }
+            let Some(open) = &channel else { break };
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            match open
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+            {
+                Ok(q) => metrics::gauge!("review_queue_messages", "queue" => label).set(f64::from(q.message_count())),
+                Err(error) => {
+                    // A missing queue closes the channel; the next round opens another.
+                    tracing::debug!("could not read the depth of {queue}: {error}");
+                    metrics::gauge!("review_queue_messages", "queue" => label).set(f64::NAN);
+                    channel = None;
+                }
+            }
+        }
+        tokio::time::sleep(QUEUE_SAMPLE_EVERY).await;
     }
 }
