@@ -191,8 +191,7 @@ pub struct Fitted<'a> {
     /// The sum of `estimate_tokens(render_for_prompt(file))` over `files`, computed without
     /// rendering anything.
     pub estimated_tokens: usize,
-    /// The map of the whole PR that opens the diff ([`pr_map`]); empty from [`fit`], filled by
-    /// [`fit_with_map`], which pays for it out of the budget first.
+    /// The map of the whole PR that opens the diff ([`pr_map`]), paid for out of the budget first.
     pub map: String,
     /// Which of how many calls this is, when the PR is split ([`crate::plan`]).
     pub part: Option<(usize, usize)>,
@@ -239,60 +238,6 @@ pub fn pr_map(files: &[FileDiff<'_>], max_tokens: usize) -> String {
     map
 }
 
-/// [`fit`], with the PR's map ([`pr_map`], at most an eighth of the budget) paid for first.
-pub fn fit_with_map<'a>(files: Vec<FileDiff<'a>>, ignore: &GlobSet, budget_tokens: usize) -> Fitted<'a> {
-    let map = pr_map(&files, budget_tokens / MAP_SHARE);
-    let budget_tokens = budget_tokens.saturating_sub(estimate_tokens(&map));
-    Fitted {
-        map,
-        ..fit(files, ignore, budget_tokens)
-    }
-}
-
-/// Chooses what the prompt shows within `budget_tokens`, the part of the window left for diffs
-/// (the caller subtracts its instructions and the room the answer needs).
-///
-/// Skippable files are dropped. The rest are ranked so that the most reviewable code comes first
-/// (source code, then tests, then config and build files, then docs, then anything else; within
-/// a class more added lines first; ties by path), and the budget is shared fairly: every file
-/// gets up to the same share (the largest share for which all files' costs, each counted up to
-/// it, fit the budget), so a file smaller than the share goes in whole and no single huge file
-/// can starve the small ones. A file larger than the share is clipped to its most reviewable
-/// whole hunks (most added lines first; hunks are never split, and keep their order in the
-/// prompt). What the shares leave unused goes, in rank order, to the clipped files' next hunks.
-/// A file of which no hunk fits is left out.
-pub fn fit<'a>(files: Vec<FileDiff<'a>>, ignore: &GlobSet, budget_tokens: usize) -> Fitted<'a> {
-    let mut fitted = Fitted::default();
-    let mut candidates = Vec::with_capacity(files.len());
-    for file in files {
-        if skip_reason(&file, ignore).is_some() {
-            fitted.skipped_files.push(file.path.into_owned());
-        } else {
-            candidates.push(file);
-        }
-    }
-    rank(&mut candidates);
-    let picks = share_fairly(&candidates, budget_tokens);
-
-    for (mut file, pick) in candidates.into_iter().zip(picks) {
-        // Truncation is a hunk left out, whichever pass decided it.
-        if !pick.kept.iter().all(|&kept| kept) {
-            fitted.truncated = true;
-        }
-        if !pick.kept.iter().any(|&kept| kept) {
-            fitted.skipped_files.push(file.path.into_owned());
-            continue;
-        }
-        if pick.clipped {
-            let mut kept = pick.kept.iter();
-            file.hunks.retain(|_| kept.next().copied().unwrap_or(false));
-        }
-        fitted.estimated_tokens = fitted.estimated_tokens.saturating_add(pick.cost);
-        fitted.files.push(file);
-    }
-    fitted
-}
-
 /// Puts the most reviewable code first: source code, then tests, then config and build files,
 /// then docs, then anything else; within a class more added lines first; ties by path.
 pub(crate) fn rank(files: &mut [FileDiff<'_>]) {
@@ -305,8 +250,13 @@ pub(crate) fn rank(files: &mut [FileDiff<'_>]) {
     });
 }
 
-/// Shares `budget_tokens` among `files` (in rank order) max-min fairly, as [`fit`] describes:
-/// which hunks of each file are kept.
+/// Shares `budget_tokens` among `files` (in rank order) max-min fairly: every file gets up to
+/// the same share (the largest share for which all files' costs, each counted up to it, fit the
+/// budget), so a file smaller than the share goes in whole and no single huge file can starve
+/// the small ones. A file larger than the share is clipped to its most reviewable whole hunks
+/// (most added lines first; hunks are never split, and keep their order in the prompt). What
+/// the shares leave unused goes, in rank order, to the clipped files' next hunks. Returns which
+/// hunks of each file are kept; a file of which no hunk fits keeps none.
 pub(crate) fn share_fairly(files: &[FileDiff<'_>], budget_tokens: usize) -> Vec<Pick> {
     let costs: Vec<usize> = files.iter().map(|file| tokens(rendered_size(file))).collect();
     let share = fair_share(&costs, budget_tokens);
@@ -535,6 +485,63 @@ fn extension(lower_name: &str) -> Option<&str> {
 mod tests {
     use super::*;
     use crate::diff::{Hunk, render_for_prompt};
+
+    // One call's share, as the planner makes it for a PR that fits one call: the tests of the
+    // sharing rules below run through it.
+
+    /// [`fit`], with the PR's map ([`pr_map`], at most an eighth of the budget) paid for first.
+    fn fit_with_map<'a>(files: Vec<FileDiff<'a>>, ignore: &GlobSet, budget_tokens: usize) -> Fitted<'a> {
+        let map = pr_map(&files, budget_tokens / MAP_SHARE);
+        let budget_tokens = budget_tokens.saturating_sub(estimate_tokens(&map));
+        Fitted {
+            map,
+            ..fit(files, ignore, budget_tokens)
+        }
+    }
+
+    /// Chooses what the prompt shows within `budget_tokens`, the part of the window left for diffs
+    /// (the caller subtracts its instructions and the room the answer needs).
+    ///
+    /// Skippable files are dropped. The rest are ranked so that the most reviewable code comes first
+    /// (source code, then tests, then config and build files, then docs, then anything else; within
+    /// a class more added lines first; ties by path), and the budget is shared fairly: every file
+    /// gets up to the same share (the largest share for which all files' costs, each counted up to
+    /// it, fit the budget), so a file smaller than the share goes in whole and no single huge file
+    /// can starve the small ones. A file larger than the share is clipped to its most reviewable
+    /// whole hunks (most added lines first; hunks are never split, and keep their order in the
+    /// prompt). What the shares leave unused goes, in rank order, to the clipped files' next hunks.
+    /// A file of which no hunk fits is left out.
+    fn fit<'a>(files: Vec<FileDiff<'a>>, ignore: &GlobSet, budget_tokens: usize) -> Fitted<'a> {
+        let mut fitted = Fitted::default();
+        let mut candidates = Vec::with_capacity(files.len());
+        for file in files {
+            if skip_reason(&file, ignore).is_some() {
+                fitted.skipped_files.push(file.path.into_owned());
+            } else {
+                candidates.push(file);
+            }
+        }
+        rank(&mut candidates);
+        let picks = share_fairly(&candidates, budget_tokens);
+
+        for (mut file, pick) in candidates.into_iter().zip(picks) {
+            // Truncation is a hunk left out, whichever pass decided it.
+            if !pick.kept.iter().all(|&kept| kept) {
+                fitted.truncated = true;
+            }
+            if !pick.kept.iter().any(|&kept| kept) {
+                fitted.skipped_files.push(file.path.into_owned());
+                continue;
+            }
+            if pick.clipped {
+                let mut kept = pick.kept.iter();
+                file.hunks.retain(|_| kept.next().copied().unwrap_or(false));
+            }
+            fitted.estimated_tokens = fitted.estimated_tokens.saturating_add(pick.cost);
+            fitted.files.push(file);
+        }
+        fitted
+    }
 
     fn no_ignores() -> GlobSet {
         GlobSet::empty()

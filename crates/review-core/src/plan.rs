@@ -1,7 +1,7 @@
 //! Splitting a PR into review calls: which files and hunks each call carries, and what the
 //! review will cover. Budgets here are tokens as [`crate::context::estimate_tokens`] counts them.
 //!
-//! A PR that fits one call's budget is one call, exactly as [`crate::context::fit`] shares it.
+//! A PR that fits one call's budget is one call.
 //! A larger one is split along file boundaries into at most `max_calls` calls, related files
 //! (one directory, a test with the file it tests) kept together where they fit. When even that
 //! is not enough, the whole PR's budget (`max_calls` calls' worth) is shared max-min fairly
@@ -557,7 +557,7 @@ mod tests {
         };
         // The next push changes a.rs's second hunk only.
         let mut changed = file("src/a.rs", &[7, 4]);
-        changed.hunks[0] = file("src/a.rs", &[7, 3]).hunks[0].clone();
+        changed.hunks[0] = file("src/a.rs", &[7, 3]).hunks[0];
         let next = plan(
             vec![file("src/done.rs", &[5]), changed],
             &GlobSet::empty(),

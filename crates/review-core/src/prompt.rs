@@ -100,7 +100,16 @@ mod tests {
         let mut job = parse_job(include_bytes!("../../../docs/contract/examples/job.json"), 1 << 20).unwrap();
         job.options.instructions = Some("Never allow unwrap() in handlers.".into());
         let files = crate::diff::parse_unified(&job.diff).unwrap();
-        let fitted = crate::context::fit_with_map(files, &globset::GlobSet::empty(), 100_000);
+        let plan = crate::plan::plan(
+            files,
+            &globset::GlobSet::empty(),
+            crate::plan::Limits {
+                call_tokens: 100_000,
+                max_calls: 1,
+            },
+            None,
+        );
+        let fitted = plan.fitted(0);
         let messages = build_messages(&job, &fitted);
         assert_eq!(messages.len(), 2);
         assert!(messages[0].content.contains("Never allow unwrap() in handlers."));
