@@ -191,7 +191,7 @@ pub fn markdown(result: &ReviewResult, links: Option<&Links>) -> String {
         let (kind, message) = failure(result);
         out.push_str(&format!(
             "**The review failed** (`{kind}`): {}\n",
-            inline_markdown(message)
+            markdown_line(message)
         ));
         return out;
     }
@@ -208,7 +208,7 @@ pub fn markdown(result: &ReviewResult, links: Option<&Links>) -> String {
         }
     }
     if let Some(footer) = footer(result) {
-        out.push_str(&format!("---\n\n{}\n", inline_markdown(&footer)));
+        out.push_str(&format!("---\n\n{}\n", markdown_line(&footer)));
     }
     out.truncate(out.trim_end().len());
     out.push('\n');
@@ -218,7 +218,7 @@ pub fn markdown(result: &ReviewResult, links: Option<&Links>) -> String {
 fn suggestion_markdown(out: &mut String, suggestion: &Suggestion, links: Option<&Links>) {
     let mut head = vec![format!("**{}**", severity_word(suggestion.severity))];
     if let Some(label) = suggestion.label.as_deref().filter(|l| !l.trim().is_empty()) {
-        head.push(inline_markdown(label));
+        head.push(markdown_line(label));
     }
     let lines = lines_word(suggestion);
     head.push(match links {
@@ -229,7 +229,7 @@ fn suggestion_markdown(out: &mut String, suggestion: &Suggestion, links: Option<
         None => lines,
     });
     if let Some(title) = suggestion.title.as_deref().filter(|t| !t.trim().is_empty()) {
-        head.push(format!("**{}**", inline_markdown(title)));
+        head.push(format!("**{}**", markdown_line(title)));
     }
     let mut head = head.join(" · ");
     if suggestion.carried {
@@ -626,9 +626,15 @@ fn prose_markdown(text: &str) -> String {
     out
 }
 
-/// One line of the model's text inside a line of the comment (a title, a label, an error).
-fn inline_markdown(text: &str) -> String {
+/// Untrusted text as one line of Markdown (a title, a label, an error): whitespace collapsed,
+/// control characters dropped, HTML and mentions defused, emphasis markers escaped.
+pub fn markdown_line(text: &str) -> String {
     defuse(&one_line(text), true)
+}
+
+/// Untrusted text as one line for a terminal: whitespace collapsed, control characters dropped.
+pub fn text_line(text: &str) -> String {
+    one_line(text)
 }
 
 /// A CommonMark code fence: three or more backticks or tildes, indented at most three spaces.
