@@ -118,5 +118,9 @@ async fn submit_wait_prints_each_result_as_the_comment_on_its_pr() {
         out.contains("](https://github.com/acme/payments/blob/2222222/src/refund.rs#L4)"),
         "the job's URL and head sha give the links:\n{out}"
     );
+    assert!(
+        out.contains("](https://gitlab.com/acme/billing/-/blob/3333333/billing/settings.py#L"),
+        "GitLab links for the GitLab job:\n{out}"
+    );
     worker.stop().await.unwrap();
 }
