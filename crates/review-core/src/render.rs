@@ -12,6 +12,8 @@
 //! Enterprise), GitLab (gitlab.com and self-hosted), Gitea/Forgejo, and Bitbucket Cloud. Others
 //! (Azure DevOps, Bitbucket Server) get no links rather than wrong ones.
 
+use std::collections::HashMap;
+
 use crate::contract::{Coverage, Job, ReviewResult, Severity, SkipReason, Status, Suggestion};
 
 /// A forge whose file-at-commit URLs [`Links`] knows how to build.
@@ -553,11 +555,13 @@ fn diff_lines(existing: &str, improved: &str) -> String {
     out
 }
 
-/// Drops control characters (terminal escapes, carriage returns, NULs), keeping newlines and
-/// tabs.
+/// Drops control characters (terminal escapes, carriage returns, NULs) and bidirectional
+/// overrides, keeping newlines and tabs.
 fn clean(text: &str) -> String {
     text.chars()
         .filter(|&c| c == '\n' || c == '\t' || !c.is_control())
+        // Bidirectional overrides make text read otherwise than it is ("Trojan Source").
+        .filter(|c| !matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
         .collect()
 }
 
@@ -668,28 +672,36 @@ impl Fence {
 /// with `emphasis`, `\`, `*` and `_` escaped so a title cannot end the bold around it.
 fn defuse(line: &str, emphasis: bool) -> String {
     let chars: Vec<char> = line.chars().collect();
+    // The runs of backticks (start, length), and for each length where its runs are: a code
+    // span ends at the next run of exactly as many backticks, found here in O(log n).
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (at, &c) in chars.iter().enumerate() {
+        if c == '`' {
+            match runs.last_mut() {
+                Some((start, length)) if start.saturating_add(*length) == at => *length = length.saturating_add(1),
+                _ => runs.push((at, 1)),
+            }
+        }
+    }
+    let mut by_length: HashMap<usize, Vec<usize>> = HashMap::new();
+    for &(start, length) in &runs {
+        by_length.entry(length).or_default().push(start);
+    }
     let mut out = String::with_capacity(line.len());
     let mut at = 0usize;
     while let Some(&c) = chars.get(at) {
         if c == '`' {
-            let run = chars
-                .get(at..)
-                .unwrap_or_default()
-                .iter()
-                .take_while(|&&c| c == '`')
-                .count();
-            let after = at.saturating_add(run);
-            // A code span ends at the next run of exactly as many backticks on the line.
-            let end = (after..chars.len()).find(|&i| {
-                let run_here = chars
-                    .get(i..)
-                    .unwrap_or_default()
-                    .iter()
-                    .take_while(|&&c| c == '`')
-                    .count();
-                run_here == run && (i == 0 || chars.get(i.saturating_sub(1)) != Some(&'`'))
-            });
-            let stop = end.map_or(after, |end| end.saturating_add(run));
+            // Only a run's first backtick is ever reached here: a run is consumed whole.
+            let length = runs
+                .binary_search_by_key(&at, |&(start, _)| start)
+                .ok()
+                .and_then(|i| runs.get(i))
+                .map_or(1, |&(_, length)| length);
+            let after = at.saturating_add(length);
+            let closing = by_length
+                .get(&length)
+                .and_then(|starts| starts.get(starts.partition_point(|&start| start < after)).copied());
+            let stop = closing.map_or(after, |start| start.saturating_add(length));
             out.extend(chars.get(at..stop).unwrap_or_default());
             at = stop;
             continue;
@@ -1027,6 +1039,30 @@ mod tests {
             "{md}"
         );
         assert!(!md.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn code_spans_are_kept_verbatim_and_unmatched_backticks_are_text() {
+        assert_eq!(
+            defuse("`<a>` <b> ``x ` <c>`` ``` <d> @e", false),
+            "`<a>` &lt;b> ``x ` <c>`` ``` &lt;d> @&#8203;e"
+        );
+        assert_eq!(defuse("a_b `c_d` *e*", true), "a\\_b `c_d` \\*e\\*");
+        assert_eq!(clean("ok\u{202E}txt.exe\u{1b}[0m"), "oktxt.exe[0m");
+    }
+
+    #[test]
+    fn a_long_line_of_backtick_runs_is_defused_in_linear_time() {
+        // Runs of 1, 2, 3… backticks, none closed: quadratic scanning would take minutes.
+        let line: String = (1..2000).map(|n| format!("{}<", "`".repeat(n))).collect();
+        let started = std::time::Instant::now();
+        let out = defuse(&line, false);
+        assert_eq!(out.matches("&lt;").count(), 1999);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
