@@ -8,12 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use review_core::render::{self, Links};
 
 use crate::settings::Settings;
 use review_core::contract::{Job, PullRequest, Repository, ReviewOptions, ReviewResult};
-use review_core::render::{self, Links};
-
-pub use crate::submit::Submitted;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -119,6 +117,8 @@ pub enum Format {
     Markdown,
     Text,
 }
+
+pub use crate::submit::Submitted;
 
 /// `result` as `format` shows it. `pr` (`owner/repo#42: title`) heads it when several results are
 /// printed one after the other.
