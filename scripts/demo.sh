@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine, with no API key and no internet: a RabbitMQ (a private node
 # if none answers at API_RABBITMQ_URI), the Z.AI simulator, the worker, and the bundled example
-# PRs submitted through the broker, printing each review. Everything it started is stopped at
-# the end.
+# PRs submitted through the broker, printing each review as the PR comment a team would see
+# (DEMO_FORMAT=json for the result messages, text for plain text). Everything it started is
+# stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,4 +39,4 @@ done
 "$bin" run &
 pids+=($!)
 
-"$bin" submit examples/jobs/*.json --wait --timeout 120
+"$bin" submit examples/jobs/*.json --wait --timeout 120 --format "${DEMO_FORMAT:-markdown}"

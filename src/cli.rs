@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use review_core::render::{self, Links};
 
 use crate::settings::Settings;
 use review_core::contract::{Job, PullRequest, Repository, ReviewOptions, ReviewResult};
@@ -39,8 +40,8 @@ pub enum Command {
     /// Run the worker: consume review jobs from RabbitMQ and publish results until SIGTERM/SIGINT.
     Run,
     /// Review a local diff once against the configured provider (no broker) and print the result
-    /// JSON; exits 1 when the review failed.
-    Review(ReviewArgs),
+    /// (JSON, or the PR comment with --format markdown); exits 1 when the review failed.
+    Review(ReviewCommand),
     /// Publish job files to RabbitMQ like the API does; with --wait, print each result.
     Submit(SubmitArgs),
     /// Run the Z.AI simulator: an OpenAI-compatible stand-in for tests, demos and rehearsals.
@@ -68,6 +69,75 @@ pub struct ReviewArgs {
     pub instructions: Option<String>,
 }
 
+/// `review`: what to review, and how to print the result.
+#[derive(Debug, Args)]
+pub struct ReviewCommand {
+    #[command(flatten)]
+    pub review: ReviewArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// The PR's web URL, for line links in markdown and text output (GitHub, GitLab, Gitea,
+    /// Bitbucket Cloud), e.g. https://github.com/acme/api/pull/42.
+    #[arg(long, value_name = "URL", requires = "head_sha")]
+    pub pr_url: Option<String>,
+    /// The commit the line links point at: the PR's head.
+    #[arg(long, value_name = "SHA", requires = "pr_url")]
+    pub head_sha: Option<String>,
+}
+
+impl ReviewCommand {
+    /// The line links `--pr-url` and `--head-sha` give; a URL or sha they cannot be built from
+    /// is an error rather than a comment silently without links.
+    pub fn links(&self) -> anyhow::Result<Option<Links>> {
+        let (Some(url), Some(sha)) = (&self.pr_url, &self.head_sha) else {
+            return Ok(None);
+        };
+        Links::new(url, sha, None).map(Some).with_context(|| {
+            format!(
+                "no line links from --pr-url {url} and --head-sha {sha}: the URL must be a pull \
+                 request's on GitHub, GitLab, Gitea or Bitbucket Cloud, the sha a commit id"
+            )
+        })
+    }
+}
+
+/// How `review` and `submit --wait` print a result.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// `json`: the review-result/v1 message, for scripts. `markdown`: the PR comment a team would
+    /// see (summary, suggestions by file with line links, suggested changes, what was read).
+    /// `text`: the same for a terminal.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Json,
+    Markdown,
+    Text,
+}
+
+pub use crate::submit::Submitted;
+
+/// `result` as `format` shows it. `pr` (`owner/repo#42: title`) heads it when several results are
+/// printed one after the other.
+pub fn show(result: &ReviewResult, links: Option<&Links>, pr: Option<&str>, format: Format) -> anyhow::Result<String> {
+    let mut shown = match format {
+        Format::Json => serde_json::to_string_pretty(result).context("write the result as JSON")?,
+        Format::Markdown => match pr {
+            Some(pr) => format!("# {}\n\n{}", render::markdown_line(pr), render::markdown(result, links)),
+            None => render::markdown(result, links),
+        },
+        Format::Text => match pr {
+            Some(pr) => format!("== {} ==\n{}", render::text_line(pr), render::text(result, links)),
+            None => render::text(result, links),
+        },
+    };
+    shown.truncate(shown.trim_end().len());
+    Ok(shown)
+}
+
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
     /// Job files (review-job/v1 JSON), or `-` for one job on stdin.
@@ -79,6 +149,8 @@ pub struct SubmitArgs {
     /// How long --wait waits for all results, in seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// `review-worker review`: one job built from a local diff, reviewed without the broker.
@@ -185,7 +257,7 @@ fn lossy_note(diff: &str, invalid: usize) -> String {
 }
 
 /// `review-worker submit`.
-pub async fn submit(settings: &Settings, args: &SubmitArgs) -> anyhow::Result<Vec<ReviewResult>> {
+pub async fn submit(settings: &Settings, args: &SubmitArgs) -> anyhow::Result<Vec<Submitted>> {
     let wait = args.wait.then(|| Duration::from_secs(args.timeout));
     crate::submit::submit(&settings.broker, &args.jobs, wait).await
 }

@@ -30,11 +30,12 @@ async fn run(cli: Cli) -> Result<ExitCode, RunError> {
             app::run(settings, shutdown::on_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Review(args) => {
+        Command::Review(command) => {
             // Checked here, typed, so that a missing provider exits 2 like any other setting.
             settings.require_provider()?;
-            let result = cli::review_once(&settings, args).await?;
-            println!("{}", serde_json::to_string_pretty(&result).map_err(anyhow::Error::new)?);
+            let links = command.links()?;
+            let result = cli::review_once(&settings, &command.review).await?;
+            println!("{}", cli::show(&result, links.as_ref(), None, command.output.format)?);
             // The result is printed either way; a script still needs to tell a failure apart.
             Ok(if result.is_failed() {
                 ExitCode::FAILURE
@@ -43,8 +44,17 @@ async fn run(cli: Cli) -> Result<ExitCode, RunError> {
             })
         }
         Command::Submit(args) => {
-            for result in cli::submit(&settings, args).await? {
-                println!("{}", serde_json::to_string_pretty(&result).map_err(anyhow::Error::new)?);
+            for (n, submitted) in cli::submit(&settings, args).await?.iter().enumerate() {
+                if n > 0 && args.output.format != cli::Format::Json {
+                    println!();
+                }
+                let shown = cli::show(
+                    &submitted.result,
+                    submitted.links.as_ref(),
+                    submitted.pr.as_deref(),
+                    args.output.format,
+                )?;
+                println!("{shown}");
             }
             Ok(ExitCode::SUCCESS)
         }

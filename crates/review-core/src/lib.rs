@@ -22,6 +22,8 @@
 //!   once, one summary.
 //! - [`carry`]: carrying a review forward between pushes: hunks the job's `previous_result`
 //!   covered are not sent again, and its suggestions on them come back at their new lines.
+//! - [`render`]: a result as people read it: the PR comment (Markdown, with line links on
+//!   GitHub, GitLab, Gitea and Bitbucket Cloud), plain text, and the coverage sentence.
 
 #![cfg_attr(
     test,
@@ -45,3 +47,4 @@ pub mod merge;
 pub mod models;
 pub mod plan;
 pub mod prompt;
+pub mod render;
