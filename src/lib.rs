@@ -16,6 +16,8 @@
 //! - [`review`]: one job's review, broker-free.
 //! - [`limits`]: the adaptive in-flight limit and the provider pause state.
 //! - [`executor`]: runs a review under the limits; retries; pauses lanes on quota and account codes.
+//! - [`cache`]: the leader's answer cache, by request body: an identical prompt within the TTL
+//!   costs no call.
 //! - [`fate`]: the decision table: what happens to a job (review, publish, hop, wait, dead-letter).
 //! - [`coordination`]: the deployment-wide side: one leader calls the provider (a quorum queue's
 //!   token); the pause log (a stream) every replica reads before it may lead; replica identity.
@@ -43,6 +45,7 @@
 pub mod app;
 pub(crate) mod blocking;
 pub mod broker;
+pub(crate) mod cache;
 pub(crate) mod check;
 pub mod cli;
 pub(crate) mod coordination;
