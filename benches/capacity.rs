@@ -54,6 +54,8 @@ async fn run(cap: usize, replicas: usize, jobs: usize) -> Run {
                 .env("API_OPEN_AI_API_KEY", "sim-coding-key")
                 .env("API_LLM_PLAN", plan)
                 .env("API_LLM_MAX_CONCURRENT_REQUESTS", cap.to_string())
+                // The same prompt in every job: the cache would hide the provider path measured here.
+                .env("API_REVIEW_CACHE_TTL_SECS", "0")
                 .env("WORKER_HEALTH_PORT", "0")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

@@ -265,6 +265,8 @@ impl Replica {
             .env("API_LLM_PLAN", "lite")
             .env("API_LLM_MAX_CONCURRENT_REQUESTS", CAP.to_string())
             .env("API_WORKER_DRAIN_TIMEOUT_MS", "5000")
+            // The same prompt in every job: the cache would hide the provider path measured here.
+            .env("API_REVIEW_CACHE_TTL_SECS", "0")
             .env("WORKER_HEALTH_PORT", health_port.to_string())
             // Text lines, each starting with its RFC 3339 time: (d) reads them.
             .env("API_LOG_FORMAT", "text")

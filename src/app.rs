@@ -57,7 +57,8 @@ pub(crate) fn build_executor(settings: &Settings) -> Result<Executor, RunError> 
     Ok(Executor::new(
         Lane::new(main, settings.limits.max_concurrent_requests, false),
         fallback,
-    ))
+    )
+    .with_cache(crate::cache::AnswerCache::new(&settings.cache)))
 }
 
 /// Runs the worker until `shutdown` is cancelled; returns once the reviews in flight are drained

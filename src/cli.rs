@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use review_core::render::{self, Links};
 
 use crate::settings::Settings;
-use review_core::contract::{Job, PullRequest, Repository, ReviewOptions, ReviewResult};
+use review_core::contract::{Job, ReviewResult};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -67,6 +67,10 @@ pub struct ReviewArgs {
     /// Team rules to apply on top of the default review.
     #[arg(long)]
     pub instructions: Option<String>,
+    /// The result of this PR's previous review (review-result/v1 JSON, as this command printed
+    /// it), sent as the job's `previous_result`: hunks unchanged since are not reviewed again.
+    #[arg(long, value_name = "RESULT_JSON")]
+    pub previous: Option<PathBuf>,
 }
 
 /// `review`: what to review, and how to print the result.
@@ -169,32 +173,7 @@ pub async fn review_once(settings: &Settings, args: &ReviewArgs) -> anyhow::Resu
     };
     let invalid = bytes.utf8_chunks().filter(|chunk| !chunk.invalid().is_empty()).count();
     let diff = String::from_utf8_lossy(&bytes);
-    let job = Job {
-        job_id: format!("local-{}", std::process::id()),
-        repository: Repository {
-            full_name: args.repository.clone(),
-            platform: None,
-            default_branch: None,
-            language: None,
-        },
-        pull_request: PullRequest {
-            number: args.pr,
-            title: args.title.clone(),
-            body: None,
-            author: None,
-            base_sha: None,
-            head_sha: None,
-            url: None,
-        },
-        diff: diff.into_owned(),
-        files: Vec::new(),
-        options: ReviewOptions {
-            instructions: args.instructions.clone(),
-            ..ReviewOptions::default()
-        },
-        created_at: None,
-        previous_result: None,
-    };
+    let job = local_job(args, &diff)?;
     let executor = crate::app::build_executor(settings)?;
     let started = chrono::Utc::now();
     let unfinished = match executor
@@ -210,6 +189,7 @@ pub async fn review_once(settings: &Settings, args: &ReviewArgs) -> anyhow::Resu
                     None => note,
                 });
             }
+            eprintln!("{}", coverage_line(&result));
             return Ok(result);
         }
         Err(unfinished) => unfinished,
@@ -229,6 +209,54 @@ pub async fn review_once(settings: &Settings, args: &ReviewArgs) -> anyhow::Resu
             ..
         } => Ok(ReviewResult::failed(&job.job_id, kind, message, attempts)),
         _ => anyhow::bail!("the provider cannot review now: {unfinished}"),
+    }
+}
+
+/// The job for a local diff, written as the producer's JSON and read by the worker's own
+/// parser, so that every job field (`previous_result` included) means here what it means on the
+/// broker.
+fn local_job(args: &ReviewArgs, diff: &str) -> anyhow::Result<Job> {
+    let previous_result = args
+        .previous
+        .as_ref()
+        .map(|path| {
+            let text = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+            serde_json::from_slice::<serde_json::Value>(&text).with_context(|| {
+                format!(
+                    "{} is not JSON (a review-result/v1 as `review` prints it)",
+                    path.display()
+                )
+            })
+        })
+        .transpose()?;
+    let mut job = serde_json::json!({
+        "schema": "review-job/v1",
+        "job_id": format!("local-{}", std::process::id()),
+        "repository": {"full_name": args.repository},
+        "pull_request": {"number": args.pr},
+        "diff": diff,
+    });
+    if let Some(title) = &args.title {
+        job["pull_request"]["title"] = title.as_str().into();
+    }
+    if let Some(instructions) = &args.instructions {
+        job["options"] = serde_json::json!({"instructions": instructions});
+    }
+    if let Some(previous) = previous_result {
+        job["previous_result"] = previous;
+    }
+    let body = serde_json::to_vec(&job).context("write the job")?;
+    // A local diff has no broker's size limit; the job's other rules hold.
+    review_core::contract::parse_job(&body, body.len())
+        .map_err(|rejected| anyhow::anyhow!("the job cannot be reviewed: {rejected}"))
+}
+
+/// One line on what a review read, for a person at a terminal (`review` prints it on stderr):
+/// `coverage: Reviewed 118 of 131 files (41,210 of 45,002 added lines, 91.6%) in 3 calls; …`.
+pub fn coverage_line(result: &ReviewResult) -> String {
+    match &result.coverage {
+        Some(coverage) => format!("coverage: {}", review_core::render::coverage_line(coverage)),
+        None => "coverage: n/a (this review reports no coverage)".to_owned(),
     }
 }
 
@@ -295,5 +323,75 @@ pub async fn check(settings: &Settings) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::from(3))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use review_core::contract::Coverage;
+
+    fn result(coverage: Option<Coverage>) -> ReviewResult {
+        let mut result: ReviewResult =
+            serde_json::from_str(include_str!("../docs/contract/examples/result-completed.json")).unwrap();
+        result.coverage = coverage;
+        result
+    }
+
+    #[test]
+    fn the_coverage_line_is_the_rendered_sentence_after_a_prefix_the_benchmark_finds() {
+        let coverage = Coverage {
+            files_reviewable: 131,
+            files_reviewed: 118,
+            lines_reviewable: 45_002,
+            lines_reviewed: 41_210,
+            calls: 3,
+            ..Coverage::default()
+        };
+        let line = coverage_line(&result(Some(coverage.clone())));
+        assert_eq!(
+            line,
+            format!("coverage: {}", review_core::render::coverage_line(&coverage))
+        );
+        assert!(line.contains("41,210 of 45,002"), "{line}");
+    }
+
+    #[test]
+    fn a_result_without_coverage_says_so() {
+        assert_eq!(
+            coverage_line(&result(None)),
+            "coverage: n/a (this review reports no coverage)"
+        );
+    }
+
+    #[test]
+    fn the_local_job_carries_the_previous_result_and_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let previous = dir.path().join("previous.json");
+        std::fs::write(
+            &previous,
+            include_str!("../docs/contract/examples/result-completed.json"),
+        )
+        .unwrap();
+        let args = ReviewArgs {
+            diff: "-".to_owned(),
+            repository: "acme/api".to_owned(),
+            title: Some("Add login".to_owned()),
+            pr: 7,
+            instructions: Some("No unwrap.".to_owned()),
+            previous: Some(previous),
+        };
+        let diff = "diff --git a/x.rs b/x.rs\n--- a/x.rs\n+++ b/x.rs\n@@ -1,0 +1,1 @@\n+fn x() {}\n";
+        let job = local_job(&args, diff).unwrap();
+        assert_eq!(job.repository.full_name, "acme/api");
+        assert_eq!(job.pull_request.number, 7);
+        assert_eq!(job.pull_request.title.as_deref(), Some("Add login"));
+        assert_eq!(job.options.instructions.as_deref(), Some("No unwrap."));
+        assert_eq!(job.diff, diff);
+        let args = ReviewArgs {
+            previous: Some(dir.path().join("missing.json")),
+            ..args
+        };
+        assert!(local_job(&args, diff).is_err());
     }
 }

@@ -20,8 +20,9 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use tokio::task::AbortHandle;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::cache::AnswerCache;
 use crate::fate::Unfinished;
 use crate::limits::{AdaptiveLimit, Pause, PauseState};
 use crate::progress::Progress;
@@ -165,6 +166,8 @@ pub(crate) struct Executor {
     pub(crate) fallback: Option<Lane>,
     /// Which lane the last job went to, so that switches are logged once each way.
     on_fallback: Arc<AtomicBool>,
+    /// Recent answers by request body: a hit takes no slot and makes no request.
+    cache: AnswerCache,
     /// The lanes' pause timers, stopped when the last clone of the executor goes.
     _timers: Arc<PauseTimers>,
 }
@@ -193,8 +196,14 @@ impl Executor {
             main,
             fallback,
             on_fallback: Arc::default(),
+            cache: AnswerCache::disabled(),
             _timers: Arc::new(PauseTimers(timers)),
         }
+    }
+
+    /// Reuses answers from `cache` for identical requests (off unless set).
+    pub(crate) fn with_cache(self, cache: AnswerCache) -> Self {
+        Self { cache, ..self }
     }
 
     /// The lane a job would go to now: main unless it is paused and a usable fallback exists.
@@ -310,8 +319,16 @@ impl Executor {
         }
     }
 
-    /// One model call under the lane's limit, with local retries for what is worth retrying.
+    /// One model call: from the answer cache if the same body was answered lately (no request),
+    /// otherwise under the lane's limit, with local retries for what is worth retrying; a
+    /// successful answer is kept for next time.
     async fn call(&self, lane: &Lane, messages: &[Message]) -> Result<ChatAnswer, CallError> {
+        let body = lane.provider.request_body(messages)?;
+        let key = self.cache.key(&body);
+        // Before the slot: a hit spends none of the deployment-wide cap.
+        if let Some(answer) = self.reuse(lane, key.as_ref()) {
+            return Ok(answer);
+        }
         let attempt = async || {
             let slot = lane.limit.acquire().await;
             // Checked after the wait for a slot: another task may have hit the window meanwhile,
@@ -322,7 +339,15 @@ impl Executor {
                     pause,
                 });
             }
-            let result = lane.provider.chat(messages).await;
+            // And the same request (a duplicate job) may have been answered while this waited.
+            if let Some(answer) = self.reuse(lane, key.as_ref()) {
+                return Ok(answer);
+            }
+            let result = lane.provider.send_chat(body.clone()).await;
+            if let (Ok(answer), Some(key)) = (&result, key) {
+                // Kept before the slot is given back, so a duplicate waiting for it finds it.
+                self.cache.insert(key, answer);
+            }
             drop(slot);
             match &result {
                 Ok(_) => {
@@ -358,6 +383,18 @@ impl Executor {
                 );
             })
             .await
+    }
+
+    /// The cached answer for `key`, counted and logged as a reuse.
+    fn reuse(&self, lane: &Lane, key: Option<&crate::cache::Key>) -> Option<ChatAnswer> {
+        let answer = self.cache.get(key?)?;
+        crate::status::record_cache_hit(lane.provider.name(), lane.provider.model());
+        debug!(
+            provider = lane.provider.name(),
+            model = lane.provider.model(),
+            "answer reused from the cache: the same request was answered within API_REVIEW_CACHE_TTL_SECS"
+        );
+        Some(answer)
     }
 
     /// Logs and reacts to a provider error: lowers the limit on a 1302, pauses on windows and

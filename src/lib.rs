@@ -17,6 +17,8 @@
 //! - [`progress`]: the calls a review already paid for, carried in a header while its job waits.
 //! - [`limits`]: the adaptive in-flight limit and the provider pause state.
 //! - [`executor`]: runs a review under the limits; retries; pauses lanes on quota and account codes.
+//! - [`cache`]: the leader's answer cache, by request body: an identical prompt within the TTL
+//!   costs no call.
 //! - [`fate`]: the decision table: what happens to a job (review, publish, hop, wait, dead-letter).
 //! - [`coordination`]: the deployment-wide side: one leader calls the provider (a quorum queue's
 //!   token); the pause log (a stream) every replica reads before it may lead; replica identity.
@@ -44,6 +46,7 @@
 pub mod app;
 pub(crate) mod blocking;
 pub mod broker;
+pub(crate) mod cache;
 pub(crate) mod check;
 pub mod cli;
 pub(crate) mod coordination;

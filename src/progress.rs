@@ -96,7 +96,7 @@ mod tests {
                     requests: 1,
                     prompt_tokens: 10,
                     completion_tokens: 2,
-                    cached_tokens: 0,
+                    ..Usage::default()
                 },
             }],
         }

@@ -94,7 +94,24 @@ impl Provider {
         body
     }
 
+    /// The exact bytes [`Self::send_chat`] posts for `messages`: what the answer cache
+    /// (`crate::cache`) keys on, so the model, the thinking setting and the operator's overrides
+    /// are all part of the key.
+    pub(crate) fn request_body(&self, messages: &[Message]) -> Result<Vec<u8>, ProviderError> {
+        serde_json::to_vec(&self.chat_body(messages)).map_err(|e| ProviderError::Rejected {
+            status: 0,
+            code: None,
+            message: format!("the request body could not be written: {e}"),
+        })
+    }
+
+    #[cfg(test)]
     pub(crate) async fn chat(&self, messages: &[Message]) -> Result<ChatAnswer, ProviderError> {
+        self.send_chat(self.request_body(messages)?).await
+    }
+
+    /// One chat completion with `body` (from [`Self::request_body`]).
+    pub(crate) async fn send_chat(&self, body: Vec<u8>) -> Result<ChatAnswer, ProviderError> {
         let started = Instant::now();
         // The client's timeout is a deadline for the whole exchange, body included (reqwest
         // applies it until the last byte): a body that trickles in is a timeout like any other.
@@ -103,7 +120,8 @@ impl Provider {
             .http
             .post(self.inner.chat_url.clone())
             .bearer_auth(self.inner.settings.api_key.expose_secret())
-            .json(&self.chat_body(messages))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
             .send()
             .await
             .map_err(|e| self.transport_error(e))?;
@@ -273,6 +291,7 @@ fn parse_chat_answer(value: &Value, latency: Duration) -> Result<ChatAnswer, Pro
             prompt_tokens: count("/prompt_tokens"),
             completion_tokens: count("/completion_tokens"),
             cached_tokens: count("/prompt_tokens_details/cached_tokens"),
+            cache_hits: 0,
         },
         latency,
     })
@@ -349,7 +368,8 @@ mod tests {
                 requests: 1,
                 prompt_tokens: 10,
                 completion_tokens: 5,
-                cached_tokens: 2
+                cached_tokens: 2,
+                cache_hits: 0
             }
         );
     }

@@ -352,6 +352,7 @@ mod tests {
                 prompt_tokens: 100,
                 completion_tokens: 20,
                 cached_tokens: 0,
+                cache_hits: 0,
             },
             latency: Duration::from_millis(5),
         }

@@ -60,6 +60,8 @@ struct Raw {
     api_review_max_job_age: Option<String>,
     api_review_max_calls: Option<String>,
     api_review_call_tokens: Option<String>,
+    api_review_cache_ttl_secs: Option<String>,
+    api_review_cache_max_mb: Option<String>,
     api_worker_concurrency: Option<String>,
     api_worker_drain_timeout_ms: Option<String>,
     worker_health_port: Option<String>,
@@ -273,6 +275,7 @@ pub struct Settings {
     pub broker: BrokerSettings,
     pub limits: LimitSettings,
     pub review: ReviewSettings,
+    pub cache: CacheSettings,
     pub health_port: u16,
     pub drain_timeout: Duration,
     pub log: LogSettings,
@@ -326,8 +329,11 @@ impl Settings {
         let review = found.section(ReviewSettings::parse(raw));
         let ops = found.section(OpsSection::parse(raw));
         let log = found.section(LogSettings::parse(raw));
-        match (main, fallback, broker, review, ops, log) {
-            (Some(main), Some(fallback), Some(broker), Some(review), Some(ops), Some(log)) if found.0.is_empty() => {
+        let cache = found.section(CacheSettings::parse(raw));
+        match (main, fallback, broker, review, ops, log, cache) {
+            (Some(main), Some(fallback), Some(broker), Some(review), Some(ops), Some(log), Some(cache))
+                if found.0.is_empty() =>
+            {
                 Ok(Self {
                     limits: LimitSettings {
                         plan: main.plan,
@@ -341,6 +347,7 @@ impl Settings {
                     fallback: fallback.provider,
                     broker,
                     review,
+                    cache,
                     health_port: ops.health_port,
                     drain_timeout: ops.drain_timeout,
                     log,
@@ -983,6 +990,54 @@ impl ReviewSettings {
     }
 }
 
+// The answer cache: `API_REVIEW_CACHE_*`.
+
+/// The leader's cache of model answers by request body (see `crate::cache`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// How long an answer is reused; zero turns the cache off.
+    pub ttl: Duration,
+    /// The most bytes of answers kept; zero turns the cache off.
+    pub max_bytes: u64,
+}
+
+const DEFAULT_CACHE_TTL_SECS: u64 = 3_600;
+const DEFAULT_CACHE_MAX_MB: u64 = 32;
+
+impl CacheSettings {
+    /// The cache is in use.
+    pub fn enabled(&self) -> bool {
+        !self.ttl.is_zero() && self.max_bytes > 0
+    }
+
+    fn parse(raw: &Raw) -> Result<Self, Vec<Problem>> {
+        let mut found = Found::default();
+        // A week at most: an answer is only worth reusing for a redelivery or an unchanged push,
+        // and the plan's longest window is a week.
+        let ttl_secs: u64 = found.or(
+            number(
+                "API_REVIEW_CACHE_TTL_SECS",
+                raw.api_review_cache_ttl_secs.as_deref(),
+                0..=7 * 86_400,
+            ),
+            DEFAULT_CACHE_TTL_SECS,
+        );
+        let max_mb: u64 = found.or(
+            number(
+                "API_REVIEW_CACHE_MAX_MB",
+                raw.api_review_cache_max_mb.as_deref(),
+                0..=4_096,
+            ),
+            DEFAULT_CACHE_MAX_MB,
+        );
+        let section = Self {
+            ttl: Duration::from_secs(ttl_secs),
+            max_bytes: max_mb.saturating_mul(1024 * 1024),
+        };
+        found.into_section(section)
+    }
+}
+
 // This replica's operation: `API_WORKER_*`, `WORKER_HEALTH_PORT`.
 
 /// How this replica runs: reviews at once, the health port, the drain on shutdown.
@@ -1495,6 +1550,33 @@ mod tests {
         assert!(found[2].message.contains("is not a duration"), "{found:?}");
         let review = ReviewSettings::parse(&raw(&[("API_REVIEW_MAX_JOB_AGE", "36h")])).unwrap();
         assert_eq!(review.max_job_age, Duration::from_secs(36 * 3_600));
+    }
+
+    #[test]
+    fn the_cache_section_is_on_by_default_off_at_zero_and_refuses_a_ttl_over_a_week() {
+        let default = CacheSettings::parse(&raw(&[])).unwrap();
+        assert!(default.enabled());
+        assert_eq!(default.ttl, Duration::from_secs(3_600));
+        assert_eq!(default.max_bytes, 32 * 1024 * 1024);
+        assert!(
+            !CacheSettings::parse(&raw(&[("API_REVIEW_CACHE_TTL_SECS", "0")]))
+                .unwrap()
+                .enabled()
+        );
+        assert!(
+            !CacheSettings::parse(&raw(&[("API_REVIEW_CACHE_MAX_MB", "0")]))
+                .unwrap()
+                .enabled()
+        );
+        let found = CacheSettings::parse(&raw(&[
+            ("API_REVIEW_CACHE_TTL_SECS", "604801"),
+            ("API_REVIEW_CACHE_MAX_MB", "lots"),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            variables(&found),
+            ["API_REVIEW_CACHE_TTL_SECS", "API_REVIEW_CACHE_MAX_MB"]
+        );
     }
 
     #[test]

@@ -201,3 +201,9 @@ pub(crate) async fn sample_queues(broker: std::sync::Arc<Broker>) {
         tokio::time::sleep(QUEUE_SAMPLE_EVERY).await;
     }
 }
+
+/// Counts a model answer reused from the answer cache instead of a provider request.
+pub(crate) fn record_cache_hit(provider: &str, model: &str) {
+    metrics::counter!("review_cache_hits_total", "provider" => provider.to_owned(), "model" => model.to_owned())
+        .increment(1);
+}

@@ -166,6 +166,9 @@ pub(crate) fn spawn_worker(
         .env("API_LLM_MAX_CONCURRENT_REQUESTS", concurrency.to_string())
         .env("API_WORKER_CONCURRENCY", concurrency.to_string())
         .env("WORKER_HEALTH_PORT", "0")
+        // Every job here is the same prompt: with the answer cache on, the bench would measure
+        // the cache, not the provider path.
+        .env("API_REVIEW_CACHE_TTL_SECS", "0")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)

@@ -126,6 +126,10 @@ impl World {
             ("API_LLM_TIMEOUT_MS".to_owned(), "10000".to_owned()),
             ("WORKER_HEALTH_PORT".to_owned(), "0".to_owned()),
             ("API_WORKER_DRAIN_TIMEOUT_MS".to_owned(), "5000".to_owned()),
+            // The answer cache is off here: every test submits the example job, one prompt, and
+            // counts the provider calls its scenario makes (caps, retries, pauses). tests/cache.rs
+            // turns it on.
+            ("API_REVIEW_CACHE_TTL_SECS".to_owned(), "0".to_owned()),
         ];
         for (k, v) in &self.extra {
             vars.retain(|(name, _)| name != k);

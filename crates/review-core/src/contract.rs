@@ -190,6 +190,15 @@ pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub cached_tokens: u64,
+    /// Model answers reused from the worker's in-memory cache (an identical request answered
+    /// within `API_REVIEW_CACHE_TTL_SECS`): no provider request was made for them, so they count
+    /// in neither `requests` nor the token counts. Absent when zero.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_hits: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Usage {
@@ -199,6 +208,7 @@ impl Usage {
         self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
         self.completion_tokens = self.completion_tokens.saturating_add(other.completion_tokens);
         self.cached_tokens = self.cached_tokens.saturating_add(other.cached_tokens);
+        self.cache_hits = self.cache_hits.saturating_add(other.cache_hits);
     }
 }
 
