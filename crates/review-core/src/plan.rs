@@ -73,8 +73,8 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// How many times the whole-PR share is lowered when the shared files do not pack into
-/// `max_calls` calls; each try takes a tenth off.
+/// Steps of the search for the largest whole-PR share that packs into `max_calls` calls, when
+/// the full share does not: the last step is within 1/4096 of the best.
 const PACKING_TRIES: usize = 12;
 
 /// Plans the review of `files`. Hunks that `previous` (the last result for this PR) already
@@ -130,29 +130,40 @@ pub fn plan<'a>(
 
     // No file may take more than one call; what does not fit one is clipped for `budget`.
     let per_call = clip_each(&mut candidates, budget);
-    // Then the whole PR shares `max_calls` calls; lowered until the shares pack into them.
-    let mut total = budget.saturating_mul(max_calls);
-    let mut tries: usize = 1;
-    let (kept, bins) = loop {
+    // Then the whole PR shares `max_calls` calls' worth. Whole files do not always pack into the
+    // calls as tightly as the sum says, so when they do not, the largest shared total that does
+    // pack is searched for (packing more rarely packs into fewer calls).
+    let share_and_pack = |total: usize| {
         let mut kept = candidates.clone();
         let picks = share_fairly(&kept, total);
         keep(&mut kept, &picks);
         let bins = pack(&kept, budget);
-        if bins.len() <= max_calls || tries >= PACKING_TRIES {
-            break (kept, bins);
-        }
-        tries = tries.saturating_add(1);
-        total = total.saturating_sub(total / 10);
+        (kept, bins)
     };
+    let mut best = share_and_pack(budget.saturating_mul(max_calls));
+    if best.1.len() > max_calls {
+        let (mut fits, mut fails) = (0, budget.saturating_mul(max_calls));
+        best = share_and_pack(fits);
+        for _ in 0..PACKING_TRIES {
+            let middle = fits.saturating_add(fails.saturating_sub(fits) / 2);
+            if middle == fits {
+                break;
+            }
+            let tried = share_and_pack(middle);
+            if tried.1.len() <= max_calls {
+                fits = middle;
+                best = tried;
+            } else {
+                fails = middle;
+            }
+        }
+    }
+    let (kept, bins) = best;
 
     let mut read: HashMap<String, u64> = HashMap::new();
     let mut by_file: Vec<Option<FileDiff<'a>>> = kept.into_iter().map(Some).collect();
-    for (index, bin) in bins.into_iter().enumerate() {
+    for bin in bins {
         let files: Vec<FileDiff<'a>> = bin.iter().filter_map(|&at| by_file.get_mut(at)?.take()).collect();
-        if index >= max_calls {
-            // Packing gave up: these files' hunks are left out for the call limit.
-            continue;
-        }
         for file in &files {
             let lines = read.entry(file.path.to_string()).or_default();
             *lines = lines.saturating_add(count(file.added_line_count()));
