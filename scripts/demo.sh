@@ -48,8 +48,8 @@ if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
   large=$(mktemp -d)
   git diff --no-color "$(git hash-object -t tree /dev/null)" HEAD -- src >"$large/pr.diff"
   echo
-  echo "=== A large PR: $(grep -c '^diff --git' "$large/pr.diff") files, $(du -k "$large/pr.diff" | cut -f1) KiB of diff, reviewed with API_REVIEW_CALL_TOKENS=40000"
-  API_REVIEW_CALL_TOKENS=40000 "$bin" review "$large/pr.diff" --repository review-worker/review-worker \
+  echo "=== A large PR: $(grep -c '^diff --git' "$large/pr.diff") files, $(du -k "$large/pr.diff" | cut -f1) KiB of diff, reviewed with API_REVIEW_CALL_TOKENS=60000"
+  API_REVIEW_CALL_TOKENS=60000 "$bin" review "$large/pr.diff" --repository review-worker/review-worker \
     --title "The worker's sources, as one PR" --format "${DEMO_FORMAT:-markdown}" >"$large/review.md"
   head -n 25 "$large/review.md"
   echo "… ($(wc -l <"$large/review.md") lines in all: $large/review.md)"
