@@ -113,7 +113,8 @@ pub(crate) fn skip_reason(file: &FileDiff<'_>, ignore: &GlobSet) -> Option<SkipR
         || says_generated(file)
     {
         Some(SkipReason::Generated)
-    } else if file.status == FileStatus::Removed {
+    } else if file.status == FileStatus::Removed || file.added_line_count() == 0 {
+        // Deleted, or only deleting lines: no new line for a suggestion to point at.
         Some(SkipReason::Removed)
     } else {
         None

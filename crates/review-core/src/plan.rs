@@ -98,9 +98,7 @@ pub fn plan<'a>(
     let mut kept = Vec::new();
     for file in files {
         let added = count(file.added_line_count());
-        // A file that adds no line gives a suggestion nowhere to point.
-        let reason = skip_reason(&file, ignore).or((added == 0).then_some(SkipReason::Removed));
-        if let Some(reason) = reason {
+        if let Some(reason) = skip_reason(&file, ignore) {
             coverage.skipped.push(SkippedFile {
                 file: file.path.to_string(),
                 reason,
