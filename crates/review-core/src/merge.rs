@@ -5,7 +5,7 @@
 //! The summary is composed, not asked for: on a Coding Plan a summarising call would spend a
 //! prompt of the 5-hour window to restate what the calls already said, and find nothing new.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::contract::{MAX_PREVIOUS_SUGGESTIONS, ReviewOptions, Suggestion};
 
@@ -20,26 +20,30 @@ pub fn merge(parts: impl IntoIterator<Item = Vec<Suggestion>>, options: &ReviewO
     }
     // Stable: within a severity the calls' (and the model's) order survives.
     all.sort_by_key(|s| std::cmp::Reverse(s.severity));
-    let mut kept: Vec<(Suggestion, HashSet<String>)> = Vec::with_capacity(all.len());
+    // Duplicates share a file, so each suggestion is compared only with those kept on its file.
+    let mut kept: Vec<Suggestion> = Vec::with_capacity(all.len());
+    let mut by_file: HashMap<String, Vec<(usize, HashSet<String>)>> = HashMap::new();
     for suggestion in all {
         let words = words(&suggestion);
-        let duplicate = kept
-            .iter()
-            .any(|(other, other_words)| same_issue(&suggestion, &words, other, other_words));
+        let on_file = by_file.entry(suggestion.file.clone()).or_default();
+        let duplicate = on_file.iter().any(|(at, other_words)| {
+            kept.get(*at)
+                .is_some_and(|other| same_issue(&suggestion, &words, other, other_words))
+        });
         if !duplicate {
-            kept.push((suggestion, words));
+            on_file.push((kept.len(), words));
+            kept.push(suggestion);
         }
     }
-    let mut merged: Vec<Suggestion> = kept.into_iter().map(|(s, _)| s).collect();
     // A producer echoes the result back as the next push's `previous_result`, which is refused
     // past this many suggestions.
-    merged.truncate(
+    kept.truncate(
         options
             .max_suggestions
             .unwrap_or(MAX_PREVIOUS_SUGGESTIONS)
             .min(MAX_PREVIOUS_SUGGESTIONS),
     );
-    merged
+    kept
 }
 
 fn same_issue(a: &Suggestion, a_words: &HashSet<String>, b: &Suggestion, b_words: &HashSet<String>) -> bool {
@@ -204,5 +208,13 @@ mod tests {
             ]),
             "Parser looks fine.\n\nClient leaks a token."
         );
+    }
+
+    #[test]
+    fn a_merged_review_never_holds_more_suggestions_than_a_previous_result_may() {
+        let many: Vec<Suggestion> = (0..=MAX_PREVIOUS_SUGGESTIONS)
+            .map(|i| suggestion(&format!("f{i}.rs"), (1, 1), Severity::Low, "", "a nit"))
+            .collect();
+        assert_eq!(merge([many], &ReviewOptions::default()).len(), MAX_PREVIOUS_SUGGESTIONS);
     }
 }
