@@ -1261,6 +1261,24 @@ mod tests {
     }
 
     #[test]
+    fn a_pr_gets_three_calls_on_the_coding_plan_six_on_pay_per_token_or_what_is_set() {
+        let coding = with(&[]).unwrap();
+        assert_eq!(coding.review.max_calls_for(&coding.provider.unwrap()), 3);
+        let developer = with(&[("API_OPENAI_FORCE_BASE_URL", "https://api.z.ai/api/paas/v4/")]).unwrap();
+        assert_eq!(developer.review.max_calls_for(&developer.provider.unwrap()), 6);
+        let set = with(&[("API_REVIEW_MAX_CALLS", "2"), ("API_REVIEW_CALL_TOKENS", "20000")]).unwrap();
+        assert_eq!(set.review.max_calls_for(&set.provider.unwrap()), 2);
+        assert_eq!(set.review.call_tokens, Some(20_000));
+        assert_eq!(coding.review.call_tokens, None, "by default, what the window allows");
+        let refused = problems(with(&[
+            ("API_REVIEW_MAX_CALLS", "0"),
+            ("API_REVIEW_CALL_TOKENS", "999"),
+        ]));
+        let variables: Vec<&str> = refused.iter().map(|p| p.variable).collect();
+        assert_eq!(variables, ["API_REVIEW_MAX_CALLS", "API_REVIEW_CALL_TOKENS"]);
+    }
+
+    #[test]
     fn a_replica_holds_a_quarter_more_jobs_than_the_cap_so_the_next_is_ready() {
         assert_eq!(with(&[]).unwrap().limits.worker_concurrency, 2);
         let max = with(&[("API_LLM_PLAN", "max"), ("API_LLM_MAX_CONCURRENT_REQUESTS", "30")]).unwrap();

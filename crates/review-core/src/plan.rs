@@ -626,7 +626,11 @@ mod tests {
     fn a_plan_never_lists_more_hunks_than_a_previous_result_may_hold() {
         let hunks = vec![1; MAX_PREVIOUS_HUNKS + 1];
         let plan = run(vec![file("src/many.rs", &hunks)], limits(10_000_000, 1));
-        assert_eq!(plan.coverage.lines_reviewed, (MAX_PREVIOUS_HUNKS + 1) as u64, "all read");
+        assert_eq!(
+            plan.coverage.lines_reviewed,
+            (MAX_PREVIOUS_HUNKS + 1) as u64,
+            "all read"
+        );
         assert_eq!(plan.coverage.hunks.len(), MAX_PREVIOUS_HUNKS);
     }
 }

@@ -124,4 +124,25 @@ mod tests {
         let diff = user.find("\nDiff:\n");
         assert!(map.is_some() && map < diff, "{user}");
     }
+
+    #[test]
+    fn a_part_of_a_split_pr_says_which_part_it_is() {
+        let job = parse_job(include_bytes!("../../../docs/contract/examples/job.json"), 1 << 20).unwrap();
+        let whole = build_messages(&job, &Fitted::default());
+        assert!(!whole[1].content.contains("reviewed in"));
+        let part = build_messages(
+            &job,
+            &Fitted {
+                part: Some((2, 3)),
+                ..Fitted::default()
+            },
+        );
+        assert!(
+            part[1]
+                .content
+                .contains("This PR is reviewed in 3 parts; this is part 2."),
+            "{}",
+            part[1].content
+        );
+    }
 }
