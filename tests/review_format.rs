@@ -66,6 +66,11 @@ async fn review_prints_the_pr_comment_with_the_summary_files_links_and_coverage(
         out.contains("\nReviewed 1 of 1 file (5 of 5 added lines, 100.0%) in 1 call."),
         "{out}"
     );
+    assert!(
+        err.lines()
+            .any(|line| line == "coverage: Reviewed 1 of 1 file (5 of 5 added lines, 100.0%) in 1 call."),
+        "the coverage line on stderr: {err}"
+    );
     assert_eq!(world.sim.stats().chat_requests, 1, "one review call");
 
     let (ok, _, err) = run(
