@@ -28,32 +28,36 @@ use std::time::Instant;
 use serde_json::Value;
 use zai_sim::{SimArgs, SimHandle};
 
+/// The benchmark's options (after `cargo bench --bench real_diffs --`).
+#[derive(Debug, clap::Parser)]
 struct Options {
+    /// Where `scripts/real-diffs.sh` put the diffs.
+    #[arg(long, default_value = "target/real-diffs")]
     dir: PathBuf,
+    /// The diff (by name prefix) to run the push sequence on; the smallest by default.
+    #[arg(long)]
     push_diff: Option<String>,
+    #[arg(long, default_value_t = 5)]
     pushes: usize,
+    /// The share of hunks each push changes.
+    #[arg(long, default_value_t = 0.2)]
     share: f64,
+    #[arg(long, default_value_t = 10)]
     seed: u64,
-    developer: bool,
+    /// `coding` (the Coding Plan endpoint) or `developer` (pay-per-token).
+    #[arg(long, default_value = "coding", value_parser = ["coding", "developer"])]
+    plan: String,
+    /// The worker binary to run.
+    #[arg(long, default_value = env!("CARGO_BIN_EXE_review-worker"))]
     bin: PathBuf,
+    /// Passed by `cargo bench` to every bench binary.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
-fn options() -> Options {
-    let args: Vec<String> = std::env::args().collect();
-    let get = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    Options {
-        dir: get("--dir").map_or_else(|| PathBuf::from("target/real-diffs"), PathBuf::from),
-        push_diff: get("--push-diff"),
-        pushes: get("--pushes").and_then(|v| v.parse().ok()).unwrap_or(5),
-        share: get("--share").and_then(|v| v.parse().ok()).unwrap_or(0.2),
-        seed: get("--seed").and_then(|v| v.parse().ok()).unwrap_or(10),
-        developer: get("--plan").as_deref() == Some("developer"),
-        bin: get("--bin").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_review-worker")), PathBuf::from),
+impl Options {
+    fn developer(&self) -> bool {
+        self.plan == "developer"
     }
 }
 
@@ -336,7 +340,7 @@ async fn push_sequence(worker: &Worker<'_>, opts: &Options, name: &str, diff_pat
 
 #[tokio::main]
 async fn main() {
-    let opts = options();
+    let opts = <Options as clap::Parser>::parse();
     let mut diffs: Vec<PathBuf> = std::fs::read_dir(&opts.dir)
         .unwrap_or_else(|e| {
             panic!(
@@ -354,12 +358,12 @@ async fn main() {
     let scratch = tempfile::tempdir().unwrap();
     let worker = Worker {
         bin: &opts.bin,
-        base_url: if opts.developer {
+        base_url: if opts.developer() {
             sim.developer_base_url()
         } else {
             sim.coding_base_url()
         },
-        key: if opts.developer {
+        key: if opts.developer() {
             "sim-developer-key"
         } else {
             "sim-coding-key"
@@ -369,7 +373,11 @@ async fn main() {
     println!(
         "Real diffs, reviewed by {} against the simulator ({} endpoint)",
         opts.bin.display(),
-        if opts.developer { "pay-per-token" } else { "Coding Plan" }
+        if opts.developer() {
+            "pay-per-token"
+        } else {
+            "Coding Plan"
+        }
     );
     println!(
         "\n{:<34} {:>9} | {:>5} {:>5} {:>5} | {:>7} {:>7} {:>6} | {:>5} {:>4} {:>10} {:>7}",
